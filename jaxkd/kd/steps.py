@@ -1,0 +1,192 @@
+"""Jitted train and eval steps for classifiers trained from labels and, optionally, a teacher.
+
+The teacher is any function ``teacher_fn(teacher_vars, batch) -> logits``: a live network
+(``model.apply`` on ``batch["image"]``) or a cache (``batch["teacher_logits"]``); both go through
+the same step. Teacher variables are a jit *argument* (never trace-time constants), evaluated
+outside ``value_and_grad`` under ``stop_gradient``, and never touch the optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from jaxkd import losses
+from jaxkd.core import loop, sharding
+
+TeacherFn = Callable[[Any, dict], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A teacher as seen by a step: a function of ``(variables, batch)`` and its variables."""
+
+    fn: TeacherFn
+    variables: Any
+    shardings: Any
+
+    @staticmethod
+    def live(model: nn.Module, variables: Any, shardings: Any) -> "Teacher":
+        return Teacher(lambda v, b: model.apply(v, b["image"], train=False), variables, shardings)
+
+    @staticmethod
+    def cached(key: str = "teacher_logits") -> "Teacher":
+        """Logits precomputed and carried in the batch under ``key`` (dataset reinforcement)."""
+        return Teacher(lambda v, b: b[key], {}, {})
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    loss: str = "hinton"
+    alpha: float = 0.9  # weight of the distillation term; CE gets 1 - alpha
+    temperature: float = 4.0
+
+
+def _model_vars(params: Any, batch_stats: Any) -> dict:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _ce(logits: jax.Array, batch: dict) -> jax.Array:
+    """Cross-entropy, mixup-aware (``label2``/``lam`` present when mixup is on), masked."""
+    mask = batch["mask"]
+    if "lam" not in batch:
+        return losses.softmax_cross_entropy(logits, batch["label"], mask=mask)
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    nll1 = -jnp.take_along_axis(log_p, batch["label"][:, None], -1)[:, 0]
+    nll2 = -jnp.take_along_axis(log_p, batch["label2"][:, None], -1)[:, 0]
+    nll = batch["lam"] * nll1 + (1.0 - batch["lam"]) * nll2
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    mesh: Mesh,
+    state_shardings: Any,
+    teacher: Teacher | None = None,
+    distill: DistillConfig = DistillConfig(),
+    ema_decay: float = 0.0,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """Builds ``step(state, batch) -> (state, metrics)``, jitted with shardings and donation.
+
+    ``batch`` holds global arrays ``image [B, ...]``, ``label [B]``, ``mask [B]`` (and mixup's
+    ``label2``, ``lam``). Without a teacher the loss is cross-entropy; with one it is
+    ``(1 - alpha) * CE + alpha * distill_loss(student, teacher)``.
+    """
+    kd_fn = losses.get_loss(distill.loss) if teacher is not None else None
+
+    def step(state: dict, batch: dict, teacher_vars: Any) -> tuple[dict, dict]:
+        t_logits = None
+        if teacher is not None:
+            t_logits = jax.lax.stop_gradient(teacher.fn(teacher_vars, batch))
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                _model_vars(params, state["batch_stats"]), batch["image"], train=True,
+                mutable=["batch_stats"],
+            )
+            ce = _ce(logits, batch)
+            aux = {"ce": ce}
+            loss = ce
+            if t_logits is not None:
+                kd = kd_fn(logits, t_logits, temperature=distill.temperature, mask=batch["mask"])
+                loss = (1.0 - distill.alpha) * ce + distill.alpha * kd
+                aux["kd"] = kd
+            return loss, (logits, updates.get("batch_stats", {}), aux)
+
+        (loss, (logits, new_bs, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_rng = jax.random.split(state["rng"])[0]
+        new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_bs,
+                         opt_state=opt_state, rng=new_rng)
+        if ema_decay:
+            new_state["ema_params"] = jax.tree.map(
+                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema_params"], params
+            )
+        grad_norm = optax.global_norm(grads)
+        new_state = loop.nonfinite_guard(state, new_state, loss, grad_norm)
+
+        mask = batch["mask"]
+        denom = jnp.maximum(jnp.sum(mask), 1.0)
+        pred = jnp.argmax(logits, -1)
+        metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
+                   "acc": jnp.sum((pred == batch["label"]) * mask) / denom}
+        if t_logits is not None:
+            metrics["agreement"] = jnp.sum((pred == jnp.argmax(t_logits, -1)) * mask) / denom
+        return new_state, metrics
+
+    batch_sh = sharding.batch_sharding(mesh)
+    teacher_sh = teacher.shardings if teacher is not None else None
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sh, teacher_sh),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    teacher_vars = teacher.variables if teacher is not None else None
+    return lambda state, batch: jitted(state, batch, teacher_vars)
+
+
+def student_logits_fn(model: nn.Module, *, use_ema: bool = False) -> Callable[[dict, dict], jax.Array]:
+    """``(state, batch) -> logits`` in eval mode, from the (EMA) params of a train state."""
+
+    def logits_fn(state: dict, batch: dict) -> jax.Array:
+        params = state["ema_params"] if use_ema else state["params"]
+        return model.apply(_model_vars(params, state["batch_stats"]), batch["image"], train=False)
+
+    return logits_fn
+
+
+def make_eval_step(
+    logits_fn: Callable[[Any, dict], jax.Array], *, mesh: Mesh, shardings: Any,
+    teacher: Teacher | None = None,
+) -> Callable[[Any, dict], dict]:
+    """Builds ``eval_step(variables, batch) -> sums`` (``correct``, ``count``, ``nll`` and, with a
+    teacher, ``agree``), to be summed over the batches of an eval pass by :func:`summarize_eval`.
+
+    ``logits_fn(variables, batch)`` gives the evaluated model's logits; ``shardings`` are those of
+    ``variables`` (a train state, or a teacher's variables).
+    """
+
+    def eval_step(variables: Any, batch: dict, teacher_vars: Any) -> dict:
+        logits = logits_fn(variables, batch)
+        mask = batch["mask"]
+        log_p = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        nll = -jnp.take_along_axis(log_p, batch["label"][:, None], -1)[:, 0]
+        pred = jnp.argmax(logits, -1)
+        out = {"correct": jnp.sum((pred == batch["label"]) * mask), "count": jnp.sum(mask),
+               "nll": jnp.sum(nll * mask)}
+        if teacher is not None:
+            t_pred = jnp.argmax(teacher.fn(teacher_vars, batch), -1)
+            out["agree"] = jnp.sum((pred == t_pred) * mask)
+        return out
+
+    jitted = jax.jit(
+        eval_step,
+        in_shardings=(shardings, sharding.batch_sharding(mesh),
+                      teacher.shardings if teacher is not None else None),
+        out_shardings=sharding.replicated(mesh),
+    )
+    teacher_vars = teacher.variables if teacher is not None else None
+    return lambda variables, batch: jitted(variables, batch, teacher_vars)
+
+
+def summarize_eval(sums: list[dict]) -> dict[str, float]:
+    """Turns per-batch sums from :func:`make_eval_step` into ``acc``, ``loss`` (and ``agreement``)."""
+    host = jax.device_get(sums)
+    total = {k: float(sum(s[k] for s in host)) for k in host[0]}
+    n = max(total["count"], 1.0)
+    out = {"acc": total["correct"] / n, "loss": total["nll"] / n, "count": total["count"]}
+    if "agree" in total:
+        out["agreement"] = total["agree"] / n
+    return out

@@ -1,0 +1,327 @@
+"""Knowledge distillation experiment: teacher -> (student from scratch, student with KD) x seeds.
+
+``train_and_evaluate(config, workdir)`` is flat and sectioned:
+
+1. validate the config (names, sizes) before anything expensive;
+2. mesh, data;
+3. teacher: load it from ``config.teacher.init``, or train it into ``workdir/checkpoints/teacher``
+   when no checkpoint is there yet;
+4. for each seed: a student from scratch and a student with distillation, same steps and data;
+5. results table, ``results.json``, accuracy-curve PNG.
+
+Every run checkpoints into ``workdir/checkpoints/<run>`` and resumes from there, so re-running the
+same command after a crash or preemption continues where it stopped and skips finished runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxkd import data as data_lib
+from jaxkd import losses, models
+from jaxkd.core import checkpoint as ckpt_lib
+from jaxkd.core import config_args, errors, loop, optim, report, sharding
+from jaxkd.core import state as state_lib
+from jaxkd.core.metrics import MetricWriter, read_metrics
+from jaxkd.kd import steps as steps_lib
+
+
+# --------------------------------------------------------------------------------- validation
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fails fast with a :class:`ConfigError` naming the key, before anything expensive."""
+    try:
+        _validate(config)
+    except ValueError as e:
+        raise errors.ConfigError(str(e)) from None
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    config_args.check_choice("config.data.name", config.data.name, data_lib.DATASETS)
+    config_args.check_choice("config.student.model", config.student.model, models.MODELS)
+    if not config.teacher.init:
+        config_args.check_choice("config.teacher.model", config.teacher.model, models.MODELS)
+    config_args.check_choice("config.kd.loss", config.kd.loss, losses.LOSSES)
+    config_args.check_choice("config.train.on_nonfinite", config.train.on_nonfinite,
+                             ("stop", "skip"))
+    if config.train.batch_size < 1:
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} must be >= 1")
+    if config.num_seeds < 1:
+        raise ValueError(f"config.num_seeds={config.num_seeds} must be >= 1")
+    if not 0.0 <= config.kd.alpha <= 1.0:
+        raise ValueError(f"config.kd.alpha={config.kd.alpha} must be in [0, 1]")
+    if config.kd.temperature <= 0:
+        raise ValueError(f"config.kd.temperature={config.kd.temperature} must be > 0")
+
+
+# --------------------------------------------------------------------------------------- runs
+@dataclasses.dataclass
+class RunSpec:
+    """One supervised training run (teacher, scratch student or KD student)."""
+
+    name: str
+    model: str
+    model_kwargs: dict
+    seed: int
+    steps_cfg: Any  # ConfigDict with steps / epochs
+    optimizer: Any  # ConfigDict, see jaxkd.core.optim
+    teacher: steps_lib.Teacher | None = None  # evaluated against (agreement) when given
+    distill: bool = False  # train against ``teacher`` too
+
+
+@dataclasses.dataclass
+class Context:
+    """What all runs of one experiment share."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    train_src: Any
+    test_src: Any
+    num_classes: int
+    writer: MetricWriter
+
+
+def _augment(config) -> data_lib.AugmentConfig:
+    a = config.data.augment
+    return data_lib.AugmentConfig(
+        random_crop_padding=a.random_crop_padding, random_flip=a.random_flip,
+        mixup_alpha=a.mixup_alpha,
+    )
+
+
+def _pipeline(ctx: Context, src, *, seed: int, train: bool):
+    return data_lib.make_pipeline(
+        src, global_batch_size=ctx.config.train.batch_size, seed=seed, train=train,
+        augment=_augment(ctx.config) if train else data_lib.AugmentConfig(),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_epochs=None if train else 1,
+    )
+
+
+def _meta(spec: RunSpec, num_classes: int, abstract_state: Any, total_steps: int,
+          input_shape: tuple[int, ...]) -> dict:
+    return {
+        "model": spec.model,
+        "model_kwargs": {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in spec.model_kwargs.items()},
+        "num_classes": num_classes,
+        "param_shapes": ckpt_lib.shapes_signature(abstract_state["params"]),
+        "total_steps": total_steps,
+        "input_shape": list(input_shape),
+    }
+
+
+def evaluate(ctx: Context, eval_step, variables) -> dict[str, float]:
+    """One pass over the test split with ``eval_step``; returns acc, loss (and agreement)."""
+    sums = [eval_step(variables, sharding.to_global_batch(b, ctx.mesh))
+            for b in _pipeline(ctx, ctx.test_src, seed=0, train=False)]
+    return steps_lib.summarize_eval(sums)
+
+
+def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
+    """Trains (or resumes, or just re-evaluates a finished) run; returns ``(state, eval)``."""
+    config = ctx.config
+    model = models.build(spec.model, num_classes=ctx.num_classes, **spec.model_kwargs)
+    steps_per_epoch = max(1, len(ctx.train_src) // config.train.batch_size)
+    total = optim.resolve_steps(spec.steps_cfg.steps, spec.steps_cfg.epochs, steps_per_epoch,
+                                f"config.{spec.name.split('/')[0]}")
+    tx = optim.make_optimizer(spec.optimizer, total)
+    init_fn = state_lib.make_init_fn(model, tx, ctx.train_src.info.shape,
+                                     ema=config.train.ema_decay > 0)
+    build, abstract, shardings = state_lib.create_sharded(
+        init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
+    )
+    train_step = steps_lib.make_train_step(
+        model, tx, mesh=ctx.mesh, state_shardings=shardings,
+        teacher=spec.teacher if spec.distill else None,
+        distill=steps_lib.DistillConfig(config.kd.loss, config.kd.alpha, config.kd.temperature),
+        ema_decay=config.train.ema_decay,
+    )
+    eval_step = steps_lib.make_eval_step(
+        steps_lib.student_logits_fn(model, use_ema=config.train.ema_decay > 0),
+        mesh=ctx.mesh, shardings=shardings, teacher=spec.teacher,
+    )
+
+    run_dir = os.path.join(ctx.workdir, "checkpoints", spec.name.replace("/", "_"))
+    with ckpt_lib.Checkpointer(run_dir, max_to_keep=config.train.keep_checkpoints,
+                               async_save=config.train.async_checkpoint) as checkpointer:
+        state, metrics = loop.fit(
+            name=spec.name, init_state=build, abstract_state=abstract, step_fn=train_step,
+            pipeline=_pipeline(ctx, ctx.train_src, seed=spec.seed, train=True),
+            to_global=lambda b: sharding.to_global_batch(b, ctx.mesh),
+            eval_fn=lambda state: evaluate(ctx, eval_step, state), checkpointer=checkpointer,
+            meta=_meta(spec, ctx.num_classes, abstract, total, ctx.train_src.info.shape),
+            writer=ctx.writer,
+            cfg=loop.LoopConfig(
+                total_steps=total, log_every=config.train.log_every,
+                eval_every=config.train.eval_every,
+                checkpoint_every=config.train.checkpoint_every,
+                on_nonfinite=config.train.on_nonfinite, progress=config.train.progress,
+            ),
+        )
+    return state, metrics
+
+
+# ------------------------------------------------------------------------------------ teacher
+def load_teacher(directory: str, mesh, strategy: str) -> tuple[Any, steps_lib.Teacher, dict]:
+    """Restores the params (and batch stats) of the latest checkpoint in ``directory``.
+
+    The architecture is rebuilt from the checkpoint's metadata, so a teacher needs only its path.
+    Returns ``(model, teacher, meta)``.
+    """
+    with ckpt_lib.Checkpointer(directory, read_only=True) as checkpointer:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise errors.ConfigError(
+                f"config.teacher.init={directory!r} holds no checkpoint. Point it at the "
+                f"checkpoints/<run> directory of a finished run, or set config.teacher.init='' "
+                f"to train a teacher inside the workdir."
+            )
+        meta = checkpointer.read_meta(step)
+        model = models.build(meta["model"], num_classes=meta["num_classes"],
+                             **meta["model_kwargs"])
+        if "input_shape" not in meta:
+            raise ckpt_lib.CheckpointMismatchError(
+                f"{directory} has no input_shape in its metadata; it was not written by jaxkd"
+            )
+        shapes = jax.eval_shape(
+            lambda r: state_lib.init_variables(model, r, tuple(meta["input_shape"])),
+            jax.random.PRNGKey(0),
+        )
+        target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+        shardings = sharding.param_shardings(target, mesh, strategy)
+        abstract = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings
+        )
+        restored = checkpointer.restore_subtree(step, abstract)
+    variables = {"params": restored["params"]}
+    if restored.get("batch_stats"):
+        variables["batch_stats"] = restored["batch_stats"]
+    var_shardings = {k: shardings[k] for k in variables}
+    meta["step"] = step
+    meta["sha256"] = ckpt_lib.params_hash(variables)
+    return model, steps_lib.Teacher.live(model, variables, var_shardings), meta
+
+
+# ------------------------------------------------------------------------------------ results
+def _curves(metrics_path: str, names: list[str]) -> dict[str, list[list[tuple[int, float]]]]:
+    """Eval-accuracy curves per run group (``kd`` -> one series per seed), from metrics.jsonl."""
+    rows = read_metrics(metrics_path)
+    per_run: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for name in names:
+            key = f"{name}/eval/acc"
+            if key in row:
+                per_run.setdefault(name, {})[int(row["step"])] = float(row[key])
+    groups: dict[str, list] = {}
+    for name, series in per_run.items():
+        group = name.split("/")[0]
+        groups.setdefault(group, []).append(sorted(series.items()))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------- main
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs the whole experiment; returns the flat results written to ``results.json``."""
+    t0 = time.time()
+    validate_config(config)
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+
+    # Mesh and data.
+    try:
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+        sharding.check_batch_size(config.train.batch_size, mesh)
+    except ValueError as e:
+        raise errors.ConfigError(str(e)) from None
+    data_dir = config.data.data_dir or None
+    train_src = data_lib.load(config.data.name, "train", data_dir=data_dir)
+    test_src = data_lib.load(config.data.name, "test", data_dir=data_dir)
+    num_classes = train_src.info.num_classes
+    writer = MetricWriter(workdir, enabled=is_main)
+    ctx = Context(config, workdir, mesh, train_src, test_src, num_classes, writer)
+
+    # Teacher.
+    teacher_dir = config.teacher.init or os.path.join(workdir, "checkpoints", "teacher")
+    if not config.teacher.init:
+        train_run(ctx, RunSpec("teacher", config.teacher.model,
+                               dict(config.teacher.model_kwargs), config.seed,
+                               config.teacher, config.teacher.optimizer))
+    _, teacher, teacher_meta = load_teacher(teacher_dir, mesh, config.mesh.params)
+    if teacher_meta["num_classes"] != num_classes:
+        raise errors.ConfigError(
+            f"the teacher in {teacher_dir} predicts {teacher_meta['num_classes']} classes but "
+            f"config.data.name={config.data.name!r} has {num_classes}; use a teacher trained on "
+            f"the same label set"
+        )
+
+    # Students: from scratch and distilled, same seeds, steps and data order.
+    finals: dict[str, list[dict]] = {"scratch": [], "kd": []}
+    run_names = ["teacher"]
+    for i in range(config.num_seeds):
+        seed = config.seed + i
+        for kind in ("scratch", "kd"):
+            name = f"{kind}/seed{seed}"
+            run_names.append(name)
+            # Both students are evaluated against the teacher (agreement); only one learns from it.
+            _, m = train_run(ctx, RunSpec(
+                name, config.student.model, dict(config.student.model_kwargs), seed,
+                config.train, config.optimizer, teacher, distill=kind == "kd",
+            ))
+            finals[kind].append(m)
+    teacher_eval = evaluate(
+        ctx, steps_lib.make_eval_step(teacher.fn, mesh=mesh, shardings=teacher.shardings),
+        teacher.variables)
+    writer.close()
+
+    # Results.
+    results = {
+        "teacher/acc": teacher_eval["acc"],
+        "teacher/step": float(teacher_meta["step"]),
+        "num_seeds": float(config.num_seeds),
+        "wall_time_s": time.time() - t0,
+    }
+    for kind, ms in finals.items():
+        for metric in ("acc", "agreement", "loss"):
+            mean, std = report.mean_std([m[metric] for m in ms])
+            results[f"{kind}/{metric}_mean"] = mean
+            results[f"{kind}/{metric}_std"] = std
+    if is_main:
+        report.write_results(os.path.join(workdir, "results.json"), results)
+        report.write_json_atomic(os.path.join(workdir, "teacher.json"), {
+            "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
+            "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"],
+        })
+        rows = [
+            {"model": f"teacher ({teacher_meta['model']})", "test acc (%)":
+             f"{100 * teacher_eval['acc']:.2f}", "agreement w/ teacher (%)": "100.00"},
+        ]
+        for kind, label in (("scratch", "student, scratch"), ("kd", "student, KD")):
+            rows.append({
+                "model": f"{label} ({config.student.model})",
+                "test acc (%)": report.fmt_mean_std([m["acc"] for m in finals[kind]]),
+                "agreement w/ teacher (%)": report.fmt_mean_std(
+                    [m["agreement"] for m in finals[kind]]),
+            })
+        print(report.format_table(
+            rows, title=f"{config.data.name}: {config.num_seeds} seeds x "
+                        f"{config.train.steps or config.train.epochs} "
+                        f"{'steps' if config.train.steps else 'epochs'}, mean +- std"))
+        report.plot_curves(
+            os.path.join(workdir, "accuracy_curves.png"),
+            _curves(os.path.join(workdir, "metrics.jsonl"), run_names),
+            title=f"Test accuracy on {config.data.name}", xlabel="step", ylabel="accuracy",
+        )
+        print(f"results: {os.path.join(workdir, 'results.json')}  "
+              f"plot: {os.path.join(workdir, 'accuracy_curves.png')}")
+    return results
+

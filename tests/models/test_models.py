@@ -1,0 +1,327 @@
+"""Tests for the model registry: every entry builds and runs, plus architecture checks."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from jaxkd.models import MODELS, build
+
+NUM_CLASSES = 10
+BN_MODELS = {name for name in MODELS if name.startswith("resnet")}
+
+
+def _input_shape(name: str) -> tuple[int, int, int, int]:
+    """A small input each registry entry accepts (batch 2)."""
+    if name.startswith("resnet"):
+        return (2, 32, 32, 3)
+    if name.startswith("vit"):
+        return (2, 16, 16, 3)  # 4x4 patches of size 4.
+    return (2, 8, 8, 1)  # mlp, convnet (depth 3: 8 -> 4 -> 2 -> 1).
+
+
+def _init(model, shape, seed=0):
+    x = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+    return model.init(jax.random.key(seed + 1), x, train=False), x
+
+
+def _param_shapes(model, shape):
+    """The `params` tree as ShapeDtypeStructs, without running any computation."""
+    init = lambda rng, x: model.init(rng, x, train=False)  # noqa: E731
+    return jax.eval_shape(init, jax.random.key(0), jnp.zeros(shape))["params"]
+
+
+def _param_count(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_entry_builds_and_runs(name):
+    model = build(name, num_classes=NUM_CLASSES)
+    variables, x = _init(model, _input_shape(name))
+    has_bn = name in BN_MODELS
+    assert ("batch_stats" in variables) == has_bn, sorted(variables)
+    batch = x.shape[0]
+
+    # Train mode, intermediates read through `sow` with mutable=[...].
+    mutable = ["intermediates"] + (["batch_stats"] if has_bn else [])
+    logits, state = model.apply(variables, x, train=True, mutable=mutable)
+    chex.assert_shape(logits, (batch, NUM_CLASSES))
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+    features = state["intermediates"]["features"]
+    assert isinstance(features, tuple) and len(features) == 1
+    assert features[0].shape[0] == batch and features[0].ndim == 2
+
+    # Eval mode, intermediates read through capture_intermediates=True (no state mutated).
+    logits, state = model.apply(variables, x, train=False, capture_intermediates=True)
+    chex.assert_shape(logits, (batch, NUM_CLASSES))
+    chex.assert_type(logits, jnp.float32)
+    inter = state["intermediates"]
+    assert "features" in inter
+    chex.assert_trees_all_close(inter["__call__"][0], logits)  # Captured top-level output.
+    assert "batch_stats" not in state
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        build("resnet9", num_classes=10)
+    msg = str(err.value)
+    assert "'resnet9'" in msg
+    assert ", ".join(sorted(MODELS)) in msg
+
+
+def test_unknown_kwarg_is_named():
+    with pytest.raises(TypeError, match="'bogus'"):
+        build("resnet20", num_classes=10, bogus=1)
+    with pytest.raises(TypeError, match="'bogus'"):
+        build("mlp", num_classes=10, bogus=1)
+    # A named variant's architecture is fixed; only the generic entries expose it.
+    with pytest.raises(TypeError, match="'widths'"):
+        build("resnet20", num_classes=10, widths=(8, 8, 8))
+    with pytest.raises(TypeError, match="'depth'"):
+        build("vit_tiny", num_classes=10, depth=2)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, bad",
+    [
+        ("convnet", {"norm": "group"}, "'group'"),
+        ("mlp", {"activation": "swishy"}, "'swishy'"),
+        ("vit", {"hidden": 10, "heads": 3}, "heads=3"),
+    ],
+)
+def test_bad_field_value_is_named(name, kwargs, bad):
+    with pytest.raises(ValueError, match=bad):
+        build(name, num_classes=10, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet", "resnet8", "vit"])
+def test_bfloat16_compute_returns_float32_logits(name):
+    model = build(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
+    variables, x = _init(model, _input_shape(name))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    logits = model.apply(variables, x, train=False)
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counts, against a formula written out from the RepDistiller architecture.
+
+
+def _cifar_resnet_params(depth, stem, widths, num_classes) -> int:
+    """Parameters (weights + biases, BN scale + bias; no running stats) of RepDistiller's ResNet."""
+    n = (depth - 2) // 6
+    conv = lambda cin, cout, k: cin * cout * k * k  # noqa: E731  (bias-free)
+    bn = lambda c: 2 * c  # noqa: E731
+    total = conv(3, stem, 3) + bn(stem)
+    cin = stem
+    for stage, cout in enumerate(widths):
+        for block in range(n):
+            total += conv(cin, cout, 3) + bn(cout) + conv(cout, cout, 3) + bn(cout)
+            stride = 2 if stage > 0 and block == 0 else 1
+            if stride != 1 or cin != cout:
+                total += conv(cin, cout, 1) + bn(cout)
+            cin = cout
+    return total + cin * num_classes + num_classes
+
+
+@pytest.mark.parametrize(
+    "name, depth, stem, widths, num_classes, published",
+    [
+        # Published sizes: resnet20 0.27M (He et al., CIFAR-10); resnet8x4 1.23M and
+        # resnet32x4 7.43M (CRD / RepDistiller tables, CIFAR-100).
+        ("resnet20", 20, 16, (16, 32, 64), 10, 0.27e6),
+        ("resnet8x4", 8, 32, (64, 128, 256), 100, 1.23e6),
+        ("resnet32x4", 32, 32, (64, 128, 256), 100, 7.43e6),
+    ],
+)
+def test_resnet_param_counts(name, depth, stem, widths, num_classes, published):
+    model = build(name, num_classes=num_classes)
+    count = _param_count(_param_shapes(model, (1, 32, 32, 3)))
+    assert count == _cifar_resnet_params(depth, stem, widths, num_classes)
+    assert abs(count - published) / published < 0.01, count
+
+
+def test_resnet18_param_count():
+    # RepDistiller's CIFAR ResNet18 with 100 classes: 11.22M.
+    model = build("resnet18", num_classes=100)
+    count = _param_count(_param_shapes(model, (1, 32, 32, 3)))
+    assert abs(count - 11.22e6) / 11.22e6 < 0.01, count
+
+
+def test_resnet_sown_shapes():
+    model = build("resnet20", num_classes=NUM_CLASSES)
+    variables, x = _init(model, (2, 32, 32, 3))
+    _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    shapes = {k: v[0].shape for k, v in state["intermediates"].items()}
+    assert shapes == {
+        "stem": (2, 32, 32, 16),
+        "stage1": (2, 32, 32, 16),
+        "stage1_preact": (2, 32, 32, 16),
+        "stage2": (2, 16, 16, 32),
+        "stage2_preact": (2, 16, 16, 32),
+        "stage3": (2, 8, 8, 64),
+        "stage3_preact": (2, 8, 8, 64),
+        "features": (2, 64),
+    }
+    inter = state["intermediates"]
+    chex.assert_trees_all_close(inter["stage3"][0], jax.nn.relu(inter["stage3_preact"][0]))
+    chex.assert_trees_all_close(inter["features"][0], inter["stage3"][0].mean(axis=(1, 2)), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+
+
+@pytest.mark.parametrize("name, kwargs", [("resnet8", {}), ("convnet", {"norm": "batch"})])
+def test_batch_stats_update_in_train_only(name, kwargs):
+    model = build(name, num_classes=NUM_CLASSES, **kwargs)
+    variables, x = _init(model, _input_shape(name))
+    x = 3.0 * x + 1.0  # Batch statistics far from the initial (mean 0, var 1).
+    _, train_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    _, eval_state = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    old = jax.tree.leaves(variables["batch_stats"])
+    new = jax.tree.leaves(train_state["batch_stats"])
+    assert all(not np.allclose(a, b) for a, b in zip(old, new))
+    chex.assert_trees_all_equal(eval_state["batch_stats"], variables["batch_stats"])
+
+
+def _captured(state, module):
+    return np.asarray(state["intermediates"][module]["__call__"][0], np.float64)
+
+
+@pytest.mark.parametrize(
+    "norm, axes",
+    [
+        ("instance", (1, 2)),  # Per sample, per channel.
+        ("layer", (1, 2, 3)),  # Per sample.
+        ("batch", (0, 1, 2)),  # Per channel, over the batch (train mode).
+    ],
+)
+def test_convnet_norms_match_numpy(norm, axes):
+    model = build("convnet", num_classes=NUM_CLASSES, width=8, norm=norm)
+    variables, x = _init(model, (2, 8, 8, 3))
+    _, state = model.apply(
+        variables, x, train=True, capture_intermediates=True, mutable=["batch_stats"]
+    )
+    conv, normed = _captured(state, "conv1"), _captured(state, "norm1")
+    # Default-initialised affine (scale 1, bias 0): the output is the bare normalisation.
+    mean = conv.mean(axis=axes, keepdims=True)
+    var = conv.var(axis=axes, keepdims=True)
+    np.testing.assert_allclose(normed, (conv - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+    np.testing.assert_allclose(normed.mean(axis=axes), 0.0, atol=1e-5)
+
+
+def test_convnet_without_norm_has_no_norm_module():
+    model = build("convnet", num_classes=NUM_CLASSES, width=8, norm="none")
+    variables, _ = _init(model, (2, 8, 8, 1))
+    assert not any(k.startswith("norm") for k in variables["params"])
+
+
+def test_convnet_sown_shapes_and_odd_sizes():
+    model = build("convnet", num_classes=NUM_CLASSES, width=4, depth=3)
+    variables, x = _init(model, (2, 28, 28, 1))  # 28 -> 14 -> 7 -> 3, as PyTorch's AvgPool2d.
+    _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    shapes = {k: v[0].shape for k, v in state["intermediates"].items()}
+    assert shapes == {
+        "stage1": (2, 14, 14, 4),
+        "stage2": (2, 7, 7, 4),
+        "stage3": (2, 3, 3, 4),
+        "features": (2, 36),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# ViT
+
+
+def test_vit_distill_token_eval_is_mean_of_heads():
+    model = build("vit", num_classes=NUM_CLASSES, depth=2, distill_token=True)
+    variables, x = _init(model, (2, 16, 16, 3))
+    assert {"dist_token", "dist_head"} <= set(variables["params"])
+    train_logits, train_state = model.apply(variables, x, train=True, mutable=["intermediates"])
+    eval_logits, eval_state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    dist_logits = eval_state["intermediates"]["dist_logits"][0]
+    chex.assert_shape(dist_logits, (2, NUM_CLASSES))
+    chex.assert_trees_all_close(dist_logits, train_state["intermediates"]["dist_logits"][0])
+    # No dropout or batch norm, so the train-mode output is exactly the CLS head's logits.
+    assert not np.allclose(train_logits, dist_logits, atol=1e-3)
+    chex.assert_trees_all_close(eval_logits, (train_logits + dist_logits) / 2, atol=1e-6)
+
+
+def test_vit_sown_shapes():
+    model = build("vit", num_classes=NUM_CLASSES, depth=2, hidden=12, heads=3, mlp_dim=24)
+    variables, x = _init(model, (2, 16, 16, 3))
+    _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    shapes = {k: v[0].shape for k, v in state["intermediates"].items()}
+    tokens = 1 + (16 // 4) ** 2
+    assert shapes == {
+        "block1": (2, tokens, 12),
+        "block2": (2, tokens, 12),
+        "tokens": (2, tokens, 12),
+        "features": (2, 12),
+    }
+    assert "dist_logits" not in shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, shape",
+    [
+        ("convnet", {}, (2, 4, 4, 1)),  # depth 3 needs >= 8.
+        ("convnet", {"depth": 4}, (2, 8, 16, 1)),
+        ("vit", {}, (2, 10, 10, 3)),  # patch 4 does not divide 10.
+        ("vit", {"patch_size": 8}, (2, 16, 12, 3)),
+        ("resnet8", {}, (2, 32, 32)),
+    ],
+)
+def test_bad_input_shape_is_named(name, kwargs, shape):
+    model = build(name, num_classes=NUM_CLASSES, **kwargs)
+    with pytest.raises(ValueError, match=str(shape).replace("(", r"\(").replace(")", r"\)")):
+        model.init(jax.random.key(0), jnp.zeros(shape), train=False)
+
+
+def test_mlp_flattens_any_rank():
+    model = build("mlp", num_classes=NUM_CLASSES, hidden=(16,))
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6))
+    variables = model.init(jax.random.key(1), x, train=False)
+    logits = model.apply(variables, x, train=False)
+    chex.assert_trees_all_close(logits, model.apply(variables, x.reshape(2, 4, 2, 3), train=False))
+    chex.assert_trees_all_close(logits, model.apply(variables, x.reshape(2, 24), train=False))
+    assert variables["params"]["dense1"]["kernel"].shape == (24, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding: batch norm under a data-parallel jit uses global batch statistics.
+
+
+def test_sharded_batchnorm_matches_single_device():
+    n = jax.device_count()
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,))
+    model = build("resnet8", num_classes=NUM_CLASSES)
+    variables, x = _init(model, (n, 8, 8, 3))
+
+    def step(variables, x):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    expected = jax.jit(step)(variables, x)
+    replicated = NamedSharding(mesh, P())
+    sharded_step = jax.jit(
+        step, in_shardings=(replicated, NamedSharding(mesh, P("data"))), out_shardings=replicated
+    )
+    got = sharded_step(variables, x)
+    chex.assert_trees_all_close(got, expected, atol=1e-5)
+    assert math.prod(mesh.devices.shape) == n
