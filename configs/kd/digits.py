@@ -48,8 +48,11 @@ def get_config(arg=None):
     c.seed = args.seed
     c.num_seeds = args.seeds
 
-    c.data = dict(name="sklearn_digits", data_dir="",
-                  augment=dict(random_crop_padding=0, random_flip=False, mixup_alpha=0.0))
+    c.data = dict(
+        name="sklearn_digits", data_dir="", image_size=0,  # 0 = the dataset's own size
+        augment=dict(random_crop_padding=0, random_flip=False, mixup_alpha=0.0,
+                     inception_crop=False),
+    )
     c.mesh = dict(data=-1, fsdp=1, params="replicated")
 
     c.teacher = ml_collections.ConfigDict()

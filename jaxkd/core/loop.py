@@ -34,7 +34,7 @@ from jaxkd.core.metrics import MetricWriter
 from jaxkd.core.progress import Progress
 
 # Codes stored in the state's ``nonfinite.first_metric`` (0 = none).
-NONFINITE_METRICS = {1: "loss", 2: "grad_norm"}
+NONFINITE_METRICS = {1: "loss", 2: "grad_norm", 3: "update_norm"}
 PREEMPTED_EXIT_CODE = 143
 
 
@@ -91,21 +91,26 @@ def init_nonfinite() -> dict[str, jax.Array]:
     }
 
 
-def nonfinite_guard(old_state: dict, new_state: dict, loss: jax.Array,
-                    grad_norm: jax.Array) -> dict:
-    """Inside a jitted step: keep ``old_state`` (but advance step and RNG) if loss/grads are bad.
+def nonfinite_guard(old_state: dict, new_state: dict, loss: jax.Array, grad_norm: jax.Array,
+                    update_norm: jax.Array | None = None) -> dict:
+    """Inside a jitted step: keep ``old_state`` (but advance step and RNG) if the step went bad.
 
-    ``old_state`` and ``new_state`` are train-state dicts with ``step``, ``rng`` and ``nonfinite``
-    entries; the returned state records the first bad step and which metric was bad.
+    A step is bad when the loss, the gradient norm or the update norm is NaN or inf (the last
+    catches a finite gradient times an overflowing learning rate). ``old_state`` and ``new_state``
+    are train-state dicts with ``step``, ``rng`` and ``nonfinite`` entries; the returned state
+    records how many steps were bad, the first bad step (1-based, like the loop's step numbers)
+    and which metric was bad first.
     """
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    update_norm = jnp.zeros((), jnp.float32) if update_norm is None else update_norm
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
     nf = old_state["nonfinite"]
     first = (nf["first_step"] < 0) & ~finite
-    metric = jnp.where(jnp.isfinite(loss), 2, 1).astype(jnp.int32)
+    metric = jnp.where(~jnp.isfinite(loss), 1, jnp.where(~jnp.isfinite(grad_norm), 2, 3))
+    metric = metric.astype(jnp.int32)
     kept["nonfinite"] = {
         "count": nf["count"] + (~finite).astype(jnp.int32),
-        "first_step": jnp.where(first, old_state["step"], nf["first_step"]).astype(jnp.int32),
+        "first_step": jnp.where(first, old_state["step"] + 1, nf["first_step"]).astype(jnp.int32),
         "first_metric": jnp.where(first, metric, nf["first_metric"]),
     }
     kept["step"] = new_state["step"]

@@ -114,7 +114,8 @@ def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) ->
     Bilinear (antialiased when shrinking, as PIL always is). Returns uint8 ``[size, size, C]``.
     """
     if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"crop_resize needs a uint8 [H, W, C] image, got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"crop_resize needs a uint8 [H, W, C] image, got {image.dtype} {image.shape}")
     top, left, h, w = box
     c = image.shape[-1]
     pil = Image.fromarray(image[..., 0] if c == 1 else image)

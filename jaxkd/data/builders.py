@@ -73,8 +73,9 @@ class SklearnDigits(_OfflineBuilder):
     """scikit-learn's 8x8 handwritten digits (``sklearn.datasets.load_digits``), 1797 images.
 
     Features:
-      * ``image``: uint8 ``(8, 8, 1)`` (a raw ``Tensor`` feature). Pixel values are the original ones, **0..16** (the
-        UCI "optdigits" 4x4-block counts), not rescaled to 0..255.
+      * ``image``: uint8 ``(8, 8, 1)`` (a raw ``Tensor`` feature: tfds' ``Image`` feature needs
+        TensorFlow to encode PNG). Pixel values are the original ones, **0..16** (the UCI
+        "optdigits" 4x4-block counts), not rescaled to 0..255.
       * ``label``: ``ClassLabel(num_classes=10)``.
       * ``index``: int64, the example's row in ``load_digits()`` (for provenance checks).
 
@@ -103,7 +104,7 @@ class SklearnDigits(_OfflineBuilder):
                 }
             ),
             supervised_keys=("image", "label"),
-            homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+            homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
             disable_shuffling=True,
         )
 
@@ -188,7 +189,11 @@ class Mnist1d(_OfflineBuilder):
 
 
 def generate_mnist1d(seed: int = MNIST1D_SEED) -> dict:
-    """``mnist1d.data.make_dataset`` with default args and ``seed``; no download, no global RNG leak."""
+    """``mnist1d.data.make_dataset`` with default args and ``seed``.
+
+    No download (``make_dataset`` generates in memory), and NumPy's and Python's global RNG
+    states, which ``make_dataset`` reseeds, are restored afterwards.
+    """
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()

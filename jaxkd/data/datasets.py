@@ -228,7 +228,9 @@ def _check_split(spec: DatasetSpec, split: str) -> None:
             )
 
 
-def _not_prepared(spec: DatasetSpec, split: str, data_dir: str, detail: str) -> DatasetNotPreparedError:
+def _not_prepared(
+    spec: DatasetSpec, split: str, data_dir: str, detail: str
+) -> DatasetNotPreparedError:
     manual = ""
     if spec.name == "imagenet2012":
         manual = (" --manual_dir=DIR_WITH_ILSVRC2012_img_train.tar_AND_img_val.tar"

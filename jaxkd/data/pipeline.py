@@ -287,7 +287,11 @@ class Pipeline:
         return out
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
-        """This process's slice of global batch ``step`` (pure: does not move the iterator)."""
+        """This process's slice of global batch ``step`` (pure: does not move the iterator).
+
+        With mixup a process also fetches and augments its rows' partners (which may belong to
+        other processes' slices), so it reads up to twice its share of examples.
+        """
         g, b, a = self.global_batch_size, self.local_batch_size, self.augment
         positions = step * g + np.arange(g, dtype=np.int64)
         valid = np.ones(g, bool) if self._total is None else positions < self._total

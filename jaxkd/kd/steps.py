@@ -114,7 +114,8 @@ def make_train_step(
                 lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema_params"], params
             )
         grad_norm = optax.global_norm(grads)
-        new_state = loop.nonfinite_guard(state, new_state, loss, grad_norm)
+        new_state = loop.nonfinite_guard(state, new_state, loss, grad_norm,
+                                         optax.global_norm(updates))
 
         mask = batch["mask"]
         denom = jnp.maximum(jnp.sum(mask), 1.0)

@@ -87,18 +87,22 @@ class Context:
     writer: MetricWriter
 
 
-def _augment(config) -> data_lib.AugmentConfig:
+def _augment(config, train: bool) -> data_lib.AugmentConfig:
+    """Training augmentation from ``config.data.augment``; evaluation only resizes."""
     a = config.data.augment
+    image_size = config.data.image_size or None
+    if not train:
+        return data_lib.AugmentConfig(image_size=image_size)
     return data_lib.AugmentConfig(
         random_crop_padding=a.random_crop_padding, random_flip=a.random_flip,
-        mixup_alpha=a.mixup_alpha,
+        mixup_alpha=a.mixup_alpha, inception_crop=a.inception_crop, image_size=image_size,
     )
 
 
 def _pipeline(ctx: Context, src, *, seed: int, train: bool):
     return data_lib.make_pipeline(
         src, global_batch_size=ctx.config.train.batch_size, seed=seed, train=train,
-        augment=_augment(ctx.config) if train else data_lib.AugmentConfig(),
+        augment=_augment(ctx.config, train),
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_epochs=None if train else 1,
     )
@@ -132,8 +136,9 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     total = optim.resolve_steps(spec.steps_cfg.steps, spec.steps_cfg.epochs, steps_per_epoch,
                                 f"config.{spec.name.split('/')[0]}")
     tx = optim.make_optimizer(spec.optimizer, total)
-    init_fn = state_lib.make_init_fn(model, tx, ctx.train_src.info.shape,
-                                     ema=config.train.ema_decay > 0)
+    pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True)
+    input_shape = tuple(pipeline.output_shape)
+    init_fn = state_lib.make_init_fn(model, tx, input_shape, ema=config.train.ema_decay > 0)
     build, abstract, shardings = state_lib.create_sharded(
         init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
     )
@@ -153,10 +158,10 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
                                async_save=config.train.async_checkpoint) as checkpointer:
         state, metrics = loop.fit(
             name=spec.name, init_state=build, abstract_state=abstract, step_fn=train_step,
-            pipeline=_pipeline(ctx, ctx.train_src, seed=spec.seed, train=True),
+            pipeline=pipeline,
             to_global=lambda b: sharding.to_global_batch(b, ctx.mesh),
             eval_fn=lambda state: evaluate(ctx, eval_step, state), checkpointer=checkpointer,
-            meta=_meta(spec, ctx.num_classes, abstract, total, ctx.train_src.info.shape),
+            meta=_meta(spec, ctx.num_classes, abstract, total, input_shape),
             writer=ctx.writer,
             cfg=loop.LoopConfig(
                 total_steps=total, log_every=config.train.log_every,
@@ -169,11 +174,13 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------ teacher
-def load_teacher(directory: str, mesh, strategy: str) -> tuple[Any, steps_lib.Teacher, dict]:
+def load_teacher(directory: str, mesh, strategy: str,
+                 num_classes: int) -> tuple[Any, steps_lib.Teacher, dict]:
     """Restores the params (and batch stats) of the latest checkpoint in ``directory``.
 
     The architecture is rebuilt from the checkpoint's metadata, so a teacher needs only its path.
-    Returns ``(model, teacher, meta)``.
+    A teacher whose number of classes differs from ``num_classes`` (the student's) is refused
+    before anything is read. Returns ``(model, teacher, meta)``.
     """
     with ckpt_lib.Checkpointer(directory, read_only=True) as checkpointer:
         step = checkpointer.latest_step()
@@ -184,6 +191,11 @@ def load_teacher(directory: str, mesh, strategy: str) -> tuple[Any, steps_lib.Te
                 f"to train a teacher inside the workdir."
             )
         meta = checkpointer.read_meta(step)
+        if meta["num_classes"] != num_classes:
+            raise errors.ConfigError(
+                f"the teacher in {directory} predicts {meta['num_classes']} classes but the "
+                f"student's dataset has {num_classes}; use a teacher trained on the same label set"
+            )
         model = models.build(meta["model"], num_classes=meta["num_classes"],
                              **meta["model_kwargs"])
         if "input_shape" not in meta:
@@ -245,7 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise errors.ConfigError(str(e)) from None
     data_dir = config.data.data_dir or None
     train_src = data_lib.load(config.data.name, "train", data_dir=data_dir)
-    test_src = data_lib.load(config.data.name, "test", data_dir=data_dir)
+    test_src = data_lib.load(config.data.name, data_lib.DATASETS[config.data.name].eval_split,
+                             data_dir=data_dir)
     num_classes = train_src.info.num_classes
     writer = MetricWriter(workdir, enabled=is_main)
     ctx = Context(config, workdir, mesh, train_src, test_src, num_classes, writer)
@@ -256,13 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_run(ctx, RunSpec("teacher", config.teacher.model,
                                dict(config.teacher.model_kwargs), config.seed,
                                config.teacher, config.teacher.optimizer))
-    _, teacher, teacher_meta = load_teacher(teacher_dir, mesh, config.mesh.params)
-    if teacher_meta["num_classes"] != num_classes:
-        raise errors.ConfigError(
-            f"the teacher in {teacher_dir} predicts {teacher_meta['num_classes']} classes but "
-            f"config.data.name={config.data.name!r} has {num_classes}; use a teacher trained on "
-            f"the same label set"
-        )
+    _, teacher, teacher_meta = load_teacher(teacher_dir, mesh, config.mesh.params, num_classes)
 
     # Students: from scratch and distilled, same seeds, steps and data order.
     finals: dict[str, list[dict]] = {"scratch": [], "kd": []}

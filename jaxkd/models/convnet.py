@@ -61,7 +61,9 @@ class ConvNet(nn.Module):
         name = f"norm{i}"
         match self.norm:
             case "instance":
-                return nn.GroupNorm(num_groups=self.width, epsilon=_EPS, dtype=self.dtype, name=name)
+                return nn.GroupNorm(
+                    num_groups=self.width, epsilon=_EPS, dtype=self.dtype, name=name
+                )
             case "batch":
                 return nn.BatchNorm(
                     use_running_average=not train,
@@ -73,7 +75,11 @@ class ConvNet(nn.Module):
             case "layer":
                 axes = (-3, -2, -1)
                 return nn.LayerNorm(
-                    epsilon=_EPS, reduction_axes=axes, feature_axes=axes, dtype=self.dtype, name=name
+                    epsilon=_EPS,
+                    reduction_axes=axes,
+                    feature_axes=axes,
+                    dtype=self.dtype,
+                    name=name,
                 )
             case "none":
                 return None

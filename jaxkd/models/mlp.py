@@ -37,6 +37,8 @@ class MLP(nn.Module):
     dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
+        # Configs may hand over lists; a tuple keeps the module hashable (for static jit args).
+        object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}"

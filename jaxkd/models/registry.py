@@ -52,7 +52,7 @@ def build(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
             raise TypeError(
-                f"model {name!r} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                f"it accepts: {', '.join(sorted(accepted))}"
+                f"model {name!r} got unexpected keyword argument(s) "
+                f"{', '.join(map(repr, unknown))}; it accepts: {', '.join(sorted(accepted))}"
             )
     return factory(num_classes=num_classes, **kwargs)

@@ -76,6 +76,9 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
+        # Configs may hand over lists; tuples keep the module hashable (for static jit args).
+        object.__setattr__(self, "stage_sizes", tuple(self.stage_sizes))
+        object.__setattr__(self, "widths", tuple(self.widths))
         if len(self.stage_sizes) != len(self.widths) or not self.stage_sizes:
             raise ValueError(
                 f"stage_sizes and widths must be non-empty and of equal length, got "

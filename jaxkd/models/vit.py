@@ -55,7 +55,8 @@ class ViT(nn.Module):
     """ViT classifier: patch embedding, CLS token, learned position embeddings, pre-LN blocks.
 
     Input: float `[B, H, W, C]` with `patch_size` dividing H and W. Output: float32 logits
-    `[B, num_classes]`. No batch norm, no dropout.
+    `[B, num_classes]`. No batch norm, no dropout. The position embeddings are sized at init
+    from the input, so apply on images of the size used at init.
 
     With `distill_token=True` (DeiT) a second learned token is appended after the CLS token and
     read by a second head, `dist_head`. The returned logits are the CLS head's when
@@ -83,7 +84,9 @@ class ViT(nn.Module):
         if self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
         if self.patch_size < 1 or self.depth < 0:
-            raise ValueError(f"need patch_size >= 1 and depth >= 0, got {self.patch_size=}, {self.depth=}")
+            raise ValueError(
+                f"need patch_size >= 1 and depth >= 0, got {self.patch_size=}, {self.depth=}"
+            )
         super().__post_init__()
 
     @nn.compact
@@ -96,9 +99,15 @@ class ViT(nn.Module):
             raise ValueError(
                 f"patch_size={p} must divide the image height and width, got input shape {x.shape}"
             )
-        h = nn.Conv(
-            self.hidden, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed"
-        )(x.astype(self.dtype))
+        embed = nn.Conv(
+            self.hidden,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
+            name="patch_embed",
+        )
+        h = embed(x.astype(self.dtype))
         h = einops.rearrange(h, "b gh gw d -> b (gh gw) d")
 
         token_names = ["cls_token"] + (["dist_token"] if self.distill_token else [])
