@@ -35,10 +35,11 @@ class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True,
                  read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        # ``read_only`` here only means "do not create the directory": Orbax's own read_only mode
+        # logs three warnings per open, and we never call save() on a reader.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=not read_only,
-            read_only=read_only,
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(

@@ -330,5 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         print(f"results: {os.path.join(workdir, 'results.json')}  "
               f"plot: {os.path.join(workdir, 'accuracy_curves.png')}")
+    if jax.process_count() > 1:  # each process reports what it computed, so they can be compared
+        keys = ("teacher/acc", "scratch/acc_mean", "kd/acc_mean", "kd/agreement_mean")
+        print(f"process {jax.process_index()}/{jax.process_count()} results: "
+              + " ".join(f"{k}={results[k]:.6f}" for k in keys), flush=True)
     return results
 

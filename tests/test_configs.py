@@ -1,0 +1,59 @@
+"""Every config: documented command, strict args, and a smoke run through the real CLI."""
+
+import glob
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))
+    if not p.endswith("__init__.py")
+)
+
+
+def _module(path):
+    return importlib.import_module(path[:-3].replace("/", "."))
+
+
+def test_there_are_configs():
+    assert "configs/kd/digits.py" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_docstring_first_line_is_the_command_with_expected_time(path):
+    first = _module(path).__doc__.strip().splitlines()[0]
+    family = path.split("/")[1]
+    assert first.startswith(f"python -m experiments.{family} --config {path} --workdir "), first
+    assert re.search(r"~\s*\d+(\.\d+)?\s*(s|min|h)\b.*CPU", first), first
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_get_config_default_smoke_and_strict_args(path):
+    m = _module(path)
+    assert m.get_config().to_dict() == m.get_config(None).to_dict()
+    m.get_config("smoke")
+    with pytest.raises(ValueError, match="nosuchkey"):
+        m.get_config("smoke,nosuchkey=1")
+    with pytest.raises(ValueError, match="smoke"):
+        m.get_config("smoke=false")
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_smoke_run_through_the_cli(path, tmp_path):
+    family = path.split("/")[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [sys.executable, "-m", f"experiments.{family}", "--config", f"{path}:smoke",
+         "--workdir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    results = json.load(open(tmp_path / "results.json"))
+    assert results and all(isinstance(v, (int, float)) for v in results.values())
+    assert re.search(r"^\|.+\|$", r.stdout, re.M), r.stdout[-2000:]  # the results table
