@@ -1,0 +1,22 @@
+"""Benchmarks stay runnable (not timed: only that they run and print their JSON last line)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_kd_step_benchmark_prints_its_ratios():
+    r = subprocess.run(
+        [sys.executable, "benchmarks/kd_step.py", "--teacher", "mlp", "--teacher-kwargs",
+         '{"hidden": [64]}', "--student", "mlp", "--student-kwargs", '{"hidden": [16]}',
+         "--image-size", "8", "--channels", "1", "--num-classes", "10", "--batch", "16",
+         "--steps", "2", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["kd_over_ce"] > 0 and out["cached_over_ce"] > 0
+    assert out["devices"] == 2
