@@ -43,7 +43,10 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta")
+            self.directory, options=options,
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "data": ocp.JsonCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
         )
 
     def latest_step(self) -> int | None:
@@ -82,6 +85,16 @@ class Checkpointer:
         )
         return out["state"], dict(out["data"]), dict(out["meta"])
 
+    def restore_raw(self, step: int | None = None) -> Any:
+        """The ``state`` item as stored, as host NumPy arrays (for inspection and tests: there is
+        no sharding target, so use it only for states that fit in one host's memory)."""
+        step = self.latest_step() if step is None else step
+        tree = self._manager.item_metadata(step)["state"].tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(restore_args=restore_args)))
+        return out["state"]
+
     def restore_subtree(self, step: int, abstract_subtree: dict) -> dict:
         """Restores only the top-level entries of ``state`` named in ``abstract_subtree``."""
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
@@ -115,8 +128,8 @@ def shapes_signature(tree: Any) -> dict[str, list[int]]:
     return {jax.tree_util.keystr(path): list(np.shape(x)) for path, x in flat}
 
 
-def check_meta(found: dict, expected: dict, directory: str, keys=("model", "model_kwargs",
-                                                                    "num_classes")) -> None:
+def check_meta(found: dict, expected: dict, directory: str,
+               keys=("model", "model_kwargs", "num_classes", "teacher_sha256")) -> None:
     """Raises :class:`CheckpointMismatchError` if ``found`` differs from ``expected`` on ``keys``."""
     diffs = [k for k in keys if found.get(k) != expected.get(k)]
     if not diffs and found.get("param_shapes") != expected.get("param_shapes"):
@@ -127,7 +140,7 @@ def check_meta(found: dict, expected: dict, directory: str, keys=("model", "mode
         if "param_shapes" in diffs:
             detail = detail or "parameter shapes differ"
         raise CheckpointMismatchError(
-            f"{directory} holds a checkpoint of a different model ({detail}). Use a fresh "
+            f"{directory} holds a checkpoint that does not match this config ({detail}). Use a fresh "
             f"--workdir, or delete {directory} to start this run over."
         )
 

@@ -15,8 +15,11 @@ same command after a crash or preemption continues where it stopped and skips fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -55,6 +58,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.num_seeds={config.num_seeds} must be >= 1")
     if not 0.0 <= config.kd.alpha <= 1.0:
         raise ValueError(f"config.kd.alpha={config.kd.alpha} must be in [0, 1]")
+    for key in ("teacher", "train"):
+        node = config[key]
+        if (node.steps > 0) == (node.epochs > 0):
+            raise ValueError(
+                f"set exactly one of config.{key}.steps and config.{key}.epochs to a positive "
+                f"value (got steps={node.steps}, epochs={node.epochs})"
+            )
     if config.kd.temperature <= 0:
         raise ValueError(f"config.kd.temperature={config.kd.temperature} must be > 0")
 
@@ -69,9 +79,11 @@ class RunSpec:
     model_kwargs: dict
     seed: int
     steps_cfg: Any  # ConfigDict with steps / epochs
+    steps_key: str  # its name in the config, for error messages
     optimizer: Any  # ConfigDict, see jaxkd.core.optim
     teacher: steps_lib.Teacher | None = None  # evaluated against (agreement) when given
     distill: bool = False  # train against ``teacher`` too
+    teacher_record: dict | None = None  # {"path", "sha256"} of the teacher, kept in the meta
 
 
 @dataclasses.dataclass
@@ -112,12 +124,15 @@ def _meta(spec: RunSpec, num_classes: int, abstract_state: Any, total_steps: int
           input_shape: tuple[int, ...]) -> dict:
     return {
         "model": spec.model,
-        "model_kwargs": {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in spec.model_kwargs.items()},
+        "model_kwargs": json.loads(json.dumps(spec.model_kwargs)),  # tuples -> lists, as stored
         "num_classes": num_classes,
         "param_shapes": ckpt_lib.shapes_signature(abstract_state["params"]),
         "total_steps": total_steps,
         "input_shape": list(input_shape),
+        # A distilled student records its teacher by path and content hash (never its weights);
+        # resuming it with another teacher is refused by ``check_meta``.
+        "teacher_path": (spec.teacher_record or {}).get("path") if spec.distill else None,
+        "teacher_sha256": (spec.teacher_record or {}).get("sha256") if spec.distill else None,
     }
 
 
@@ -134,7 +149,7 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     model = models.build(spec.model, num_classes=ctx.num_classes, **spec.model_kwargs)
     steps_per_epoch = max(1, len(ctx.train_src) // config.train.batch_size)
     total = optim.resolve_steps(spec.steps_cfg.steps, spec.steps_cfg.epochs, steps_per_epoch,
-                                f"config.{spec.name.split('/')[0]}")
+                                spec.steps_key)
     tx = optim.make_optimizer(spec.optimizer, total)
     pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True)
     input_shape = tuple(pipeline.output_shape)
@@ -155,7 +170,8 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
 
     run_dir = os.path.join(ctx.workdir, "checkpoints", spec.name.replace("/", "_"))
     with ckpt_lib.Checkpointer(run_dir, max_to_keep=config.train.keep_checkpoints,
-                               async_save=config.train.async_checkpoint) as checkpointer:
+                               async_save=config.train.async_checkpoint) as checkpointer, \
+            contextlib.closing(pipeline):
         state, metrics = loop.fit(
             name=spec.name, init_state=build, abstract_state=abstract, step_fn=train_step,
             pipeline=pipeline,
@@ -196,6 +212,9 @@ def load_teacher(directory: str, mesh, strategy: str,
                 f"the teacher in {directory} predicts {meta['num_classes']} classes but the "
                 f"student's dataset has {num_classes}; use a teacher trained on the same label set"
             )
+        if step < meta["total_steps"] and jax.process_index() == 0:
+            print(f"jaxkd: warning: the teacher in {directory} stopped at step {step} of "
+                  f"{meta['total_steps']}; using it as it is", file=sys.stderr, flush=True)
         model = models.build(meta["model"], num_classes=meta["num_classes"],
                              **meta["model_kwargs"])
         if "input_shape" not in meta:
@@ -268,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if not config.teacher.init:
         train_run(ctx, RunSpec("teacher", config.teacher.model,
                                dict(config.teacher.model_kwargs), config.seed,
-                               config.teacher, config.teacher.optimizer))
+                               config.teacher, "config.teacher", config.teacher.optimizer))
     _, teacher, teacher_meta = load_teacher(teacher_dir, mesh, config.mesh.params, num_classes)
 
     # Students: from scratch and distilled, same seeds, steps and data order.
@@ -282,7 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # Both students are evaluated against the teacher (agreement); only one learns from it.
             _, m = train_run(ctx, RunSpec(
                 name, config.student.model, dict(config.student.model_kwargs), seed,
-                config.train, config.optimizer, teacher, distill=kind == "kd",
+                config.train, "config.train", config.optimizer, teacher, distill=kind == "kd",
+                teacher_record={"path": teacher_dir, "sha256": teacher_meta["sha256"]},
             ))
             finals[kind].append(m)
     teacher_eval = evaluate(

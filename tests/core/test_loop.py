@@ -125,7 +125,7 @@ def test_checkpoint_of_a_different_model_is_refused(tmp_path):
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     build, abstract, step = _toy(mesh)
     with ckpt_lib.Checkpointer(str(tmp_path / "ckpt")) as c, MetricWriter(str(tmp_path)) as w:
-        with pytest.raises(ckpt_lib.CheckpointMismatchError, match="different model.*fresh"):
+        with pytest.raises(ckpt_lib.CheckpointMismatchError, match="does not match this config.*fresh"):
             loop.fit(name="toy", init_state=build, abstract_state=abstract, step_fn=step,
                      pipeline=CountingPipeline(), to_global=lambda b: b, eval_fn=None,
                      checkpointer=c, meta={"model": "other"}, writer=w,

@@ -66,6 +66,13 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert meta["model"] == "mlp"
     teacher = json.load(open(os.path.join(workdir, "teacher.json")))
     assert len(teacher["sha256"]) == 64 and teacher["path"].endswith("checkpoints/teacher")
+    assert meta["teacher_sha256"] == teacher["sha256"]
+    assert meta["teacher_path"] == teacher["path"]
+    # ... and no teacher array is in the student's state (only its own params/opt state).
+    tree = c.restore_raw()
+    assert set(tree.keys()) == {"step", "params", "batch_stats", "opt_state", "ema_params",
+                                "rng", "nonfinite"}
+    assert set(tree["params"].keys()) == {"dense1", "head"}  # the MLP student's layers only
 
 
 def test_rerun_of_a_finished_experiment_trains_nothing_and_reports_the_same(smoke_run):
@@ -77,8 +84,15 @@ def test_rerun_of_a_finished_experiment_trains_nothing_and_reports_the_same(smok
 
 def test_workdir_with_a_different_model_is_refused(smoke_run):
     workdir, _ = smoke_run
-    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="different model.*hidden"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="does not match.*hidden"):
         train.train_and_evaluate(_smoke(**{"student.model_kwargs.hidden": (16,)}), workdir)
+
+
+def test_resuming_a_distilled_student_with_another_teacher_is_refused(smoke_run):
+    workdir, _ = smoke_run
+    other = os.path.join(workdir, "checkpoints", "scratch_seed0")  # an MLP: another teacher
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="kd_seed0.*teacher_sha256"):
+        train.train_and_evaluate(_smoke(**{"teacher.init": other}), workdir)
 
 
 def test_teacher_from_init_path_and_class_mismatch(smoke_run, tmp_path):
@@ -112,6 +126,8 @@ def test_teacher_from_init_path_and_class_mismatch(smoke_run, tmp_path):
     ("train.batch_size", 60, r"config.train.batch_size=60 is not divisible by the 8 devices"),
     ("train.on_nonfinite", "ignore", r"config.train.on_nonfinite='ignore'"),
     ("kd.alpha", 1.5, r"config.kd.alpha=1.5"),
+    ("train.steps", 0, r"exactly one of config.train.steps and config.train.epochs"),
+    ("teacher.epochs", 2.0, r"exactly one of config.teacher.steps and config.teacher.epochs"),
 ])
 def test_bad_config_values_fail_fast_naming_the_key(tmp_path, key, value, match):
     assert jax.device_count() == 8
@@ -166,12 +182,8 @@ def _final_params(workdir):
     out = {}
     for run in sorted(os.listdir(os.path.join(workdir, "checkpoints"))):
         c = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", run), read_only=True)
-        step = c.latest_step()
-        import orbax.checkpoint as ocp
-        tree = c._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore()))["state"]
-        out[run] = (step, jax.tree.map(np.asarray, {k: tree[k] for k in
-                                                     ("params", "batch_stats", "opt_state")}))
+        tree = c.restore_raw()
+        out[run] = (int(tree["step"]), {k: tree[k] for k in ("params", "batch_stats", "opt_state")})
     return out
 
 
