@@ -18,6 +18,8 @@ stored data**, so every pipeline normalises with ``(x - mean) / std`` on the raw
 
 from __future__ import annotations
 
+import abc
+
 import concurrent.futures
 import dataclasses
 import math
@@ -134,7 +136,7 @@ class DatasetInfo:
     num_examples: int
 
 
-class Source:
+class Source(abc.ABC):
     """A random-access split: ``len(src)``, ``src[i] -> {"image", "label"}``, ``src.info``.
 
     Subclasses: :class:`ArraySource` (whole split in memory as NumPy arrays, ``.arrays()``) and
@@ -144,11 +146,13 @@ class Source:
     info: DatasetInfo
     in_memory: bool = False
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of examples in the split."""
 
+    @abc.abstractmethod
     def __getitem__(self, i: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """Example ``i`` as ``{"image": ndarray, "label": int}``."""
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
