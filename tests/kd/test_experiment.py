@@ -175,6 +175,13 @@ def test_cli_unknown_override_key_and_bad_config_arg(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "config.train.batch_size=60" in r.stderr
+    # A dataset that is not prepared: one message saying where we looked and how to prepare it.
+    r = subprocess.run(_cli(tmp_path, "--config.data.name=cifar10",
+                            f"--config.data.data_dir={tmp_path / 'empty'}"), cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "tfds build cifar10" in r.stderr, r.stderr
+    assert str(tmp_path / "empty") in r.stderr
 
 
 def _final_params(workdir):
@@ -241,3 +248,24 @@ def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path):
     assert killed_at is None or killed_at < 60
     assert json.load(open(ref / "results.json"))["kd/acc_mean"] == \
         json.load(open(work / "results.json"))["kd/acc_mean"]
+
+
+@pytest.mark.parametrize("name,image_size,extra", [
+    ("cifar10", 0, {"data.augment.random_crop_padding": 4, "data.augment.random_flip": True,
+                    "data.augment.mixup_alpha": 0.2}),
+    ("imagenet2012", 16, {"data.augment.inception_crop": True}),
+])
+def test_experiment_reads_standard_tfds_datasets_from_data_dir(tmp_path, name, image_size, extra):
+    """The same experiment code on mocked cifar10 / imagenet2012 (no TensorFlow, no download)."""
+    import tensorflow_datasets as tfds
+    c = _smoke(**{"data.name": name, "data.data_dir": str(tmp_path / "tfds"),
+                  "data.image_size": image_size, "teacher.model_kwargs.width": 8,
+                  "teacher.steps": 4, "train.steps": 4, "train.eval_every": 0,
+                  "train.log_every": 2, "train.batch_size": 16, **extra})
+    with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
+        results = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert 0.0 <= results["kd/acc_mean"] <= 1.0
+    meta = ckpt_lib.Checkpointer(str(tmp_path / "run" / "checkpoints" / "kd_seed0"),
+                                 read_only=True).read_meta()
+    expected = [image_size, image_size, 3] if image_size else [32, 32, 3]
+    assert meta["input_shape"] == expected
