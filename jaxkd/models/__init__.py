@@ -8,9 +8,10 @@ docstring); read them with `mutable=['intermediates']` or `capture_intermediates
 """
 
 from jaxkd.models.convnet import ConvNet
+from jaxkd.models.convnet1d import ConvNet1D
 from jaxkd.models.mlp import MLP
 from jaxkd.models.registry import MODELS, build
 from jaxkd.models.resnet import BasicBlock, ResNet
 from jaxkd.models.vit import ViT
 
-__all__ = ["MODELS", "MLP", "BasicBlock", "ConvNet", "ResNet", "ViT", "build"]
+__all__ = ["MODELS", "MLP", "BasicBlock", "ConvNet", "ConvNet1D", "ResNet", "ViT", "build"]

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 
 from jaxkd.models.convnet import ConvNet
+from jaxkd.models.convnet1d import ConvNet1D
 from jaxkd.models.mlp import MLP
 from jaxkd.models.resnet import RESNETS
 from jaxkd.models.vit import ViT
@@ -15,6 +16,7 @@ from jaxkd.models.vit import ViT
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "convnet": ConvNet,
+    "convnet1d": ConvNet1D,
     **RESNETS,
     "vit": ViT,
     "vit_tiny": functools.partial(ViT, hidden=192, depth=12, heads=3, mlp_dim=768),

@@ -26,6 +26,8 @@ def _input_shape(name: str) -> tuple[int, int, int, int]:
         return (2, 32, 32, 3)
     if name.startswith("vit"):
         return (2, 16, 16, 3)  # 4x4 patches of size 4.
+    if name == "convnet1d":
+        return (2, 40, 1)  # an MNIST-1D signal.
     return (2, 8, 8, 1)  # mlp, convnet (depth 3: 8 -> 4 -> 2 -> 1).
 
 
@@ -313,6 +315,8 @@ def test_vit_sown_shapes():
         ("vit", {"patch_size": 8}, (2, 16, 12, 3)),
         ("resnet8", {}, (2, 32, 32)),
         ("mlp", {}, (2,)),
+        ("convnet1d", {}, (2, 8, 8, 1)),
+        ("convnet1d", {"depth": 5}, (2, 40, 1)),
     ],
 )
 def test_bad_input_shape_is_named(name, kwargs, shape):
@@ -348,3 +352,22 @@ def test_sharded_batchnorm_matches_single_device():
         step, in_shardings=(replicated, NamedSharding(mesh, P("data"))), out_shardings=replicated
     )
     chex.assert_trees_all_close(sharded(variables, x), expected, atol=1e-5)
+
+
+def test_convnet1d_matches_a_numpy_forward_pass():
+    """Stride-2 padded 1-D convolutions + ReLU + dense, recomputed with NumPy loops."""
+    model = build("convnet1d", num_classes=3, width=4, depth=2)
+    x = np.random.default_rng(0).normal(size=(2, 12, 2)).astype(np.float32)
+    variables = model.init(_key(0), x, train=False)
+    p = jax.tree.map(np.asarray, variables["params"])
+    h = x.astype(np.float64)
+    for i in (1, 2):
+        w, b = p[f"conv{i}"]["kernel"], p[f"conv{i}"]["bias"]  # [5, C_in, C_out]
+        hp = np.pad(h, ((0, 0), (1, 1), (0, 0)))
+        n_out = (hp.shape[1] - 5) // 2 + 1
+        h = np.stack([np.einsum("bkc,kco->bo", hp[:, 2 * j:2 * j + 5], w) for j in range(n_out)],
+                     axis=1) + b
+        h = np.maximum(h, 0)
+    expected = h.reshape(2, -1) @ p["head"]["kernel"] + p["head"]["bias"]
+    np.testing.assert_allclose(model.apply(variables, x, train=False), expected, rtol=1e-4,
+                               atol=1e-5)
