@@ -37,7 +37,8 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     c.student = dict(model=student, model_kwargs=student_kwargs)
     c.optimizer = optimizer(lr)
     # Loss = (1 - alpha) * CE + alpha * (distillation term).
-    c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha)
+    # ``params``: the chosen loss's own keyword arguments (e.g. DKD's beta), set by each config.
+    c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha, params={})
 
     c.train = dict(
         steps=steps, epochs=0.0, batch_size=batch_size, ema_decay=0.0,

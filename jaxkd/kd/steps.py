@@ -46,6 +46,7 @@ class DistillConfig:
     loss: str = "hinton"
     alpha: float = 0.9  # weight of the distillation term; CE gets 1 - alpha
     temperature: float = 4.0
+    params: tuple[tuple[str, Any], ...] = ()  # method-specific keyword arguments of the loss
 
 
 def _model_vars(params: Any, batch_stats: Any) -> dict:
@@ -96,7 +97,8 @@ def make_train_step(
             aux = {"ce": ce}
             loss = ce
             if t_logits is not None:
-                kd = kd_fn(logits, t_logits, temperature=distill.temperature, mask=batch["mask"])
+                kd = kd_fn(logits, t_logits, labels=batch["label"], temperature=distill.temperature,
+                           mask=batch["mask"], **dict(distill.params))
                 loss = (1.0 - distill.alpha) * ce + distill.alpha * kd
                 aux["kd"] = kd
             return loss, (logits, updates.get("batch_stats", {}), aux)

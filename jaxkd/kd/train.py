@@ -160,7 +160,8 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     train_step = steps_lib.make_train_step(
         model, tx, mesh=ctx.mesh, state_shardings=shardings,
         teacher=spec.teacher if spec.distill else None,
-        distill=steps_lib.DistillConfig(config.kd.loss, config.kd.alpha, config.kd.temperature),
+        distill=steps_lib.DistillConfig(config.kd.loss, config.kd.alpha, config.kd.temperature,
+                                        tuple(sorted(config.kd.params.to_dict().items()))),
         ema_decay=config.train.ema_decay,
     )
     eval_step = steps_lib.make_eval_step(

@@ -6,6 +6,7 @@ examples that count; an all-zero mask gives a loss of exactly 0 (never NaN).
 
 Shapes: ``logits`` are ``[..., C]`` (a batch ``[B, C]`` or tokens ``[B, T, C]``); ``labels`` are
 integer class ids of shape ``logits.shape[:-1]``; ``mask`` is broadcastable to ``logits.shape[:-1]``.
+Losses with other inputs (CLIP embeddings, DINO views, per-example gradients) document their shapes.
 """
 
 from __future__ import annotations
@@ -233,17 +234,17 @@ def dkd_loss(
     * TCKD = ``KL([p_y, 1 - p_y] || [q_y, 1 - q_y])``, the binary target/non-target KL;
     * NCKD = ``KL(p_hat || q_hat)`` with ``p_hat_c = p_c / (1 - p_y)`` over the classes ``c != y``.
 
-    Classical KD decomposes per example as ``KL(p || q) = TCKD + (1 - p_y) * NCKD``; DKD replaces the
-    teacher-confidence-dependent weight ``1 - p_y`` by the constant ``beta``.
+    Classical KD decomposes per example as ``KL(p || q) = TCKD + (1 - p_y) * NCKD``; DKD replaces
+    the teacher-confidence-dependent weight ``1 - p_y`` by the constant ``beta``.
 
     Both parts are computed exactly: ``log(1 - p_y)`` as ``logsumexp`` over the non-target logits
     minus ``logsumexp`` over all, and the non-target renormalisation by excluding the target logit
     from the softmax support. The reference (mdistiller) subtracts ``1000`` from the scaled target
     logit instead, which agrees to float precision unless ``|logit / T|`` approaches 1000.
 
-    The reference multiplies the loss by a warm-up factor ``min(epoch / 20, 1)``. That is a schedule,
-    so it is left to the caller: pass it as ``scale`` (a Python float or a traced scalar), e.g.
-    ``scale=jnp.minimum(step / warmup_steps, 1.0)``.
+    The reference multiplies the loss by a warm-up factor ``min(epoch / 20, 1)``. That is a
+    schedule, so it is left to the caller: pass it as ``scale`` (a Python float or a traced scalar),
+    e.g. ``scale=jnp.minimum(step / warmup_steps, 1.0)``.
 
     Args:
       student_logits: ``[..., C]`` (usually ``[B, C]``), ``C >= 2``.
@@ -398,8 +399,8 @@ def deit_distillation_loss(
     * ``kind="hard"``: ``distill = CE(dist_logits, argmax(teacher_logits))``.
     * ``kind="soft"``: ``distill = T^2 * KL(softmax(t/T) || softmax(dist/T))`` per example, averaged
       over examples. (DeiT's code divides the summed KL by ``B * C`` -- the legacy PyTorch
-      ``kl_div`` mean -- so its soft term is ``1/C`` of ours; we use the per-example mean, like every
-      other loss here.)
+      ``kl_div`` mean -- so its soft term is ``1/C`` of ours; we use the per-example mean, like
+      every other loss here.)
 
     DeiT-LT tail re-weighting (``class_weights``, ``[C]``, non-negative): the distillation term
     becomes ``sum_i m_i w_i d_i / sum_i m_i w_i`` with ``w_i = class_weights[k_i]``. With
