@@ -39,6 +39,10 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     # Loss = (1 - alpha) * CE + alpha * (distillation term).
     # ``params``: the chosen loss's own keyword arguments (e.g. DKD's beta), set by each config.
     c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha, params={})
+    # An optional feature / relational term added with ``weight`` (loss "" = none): layers are
+    # names the models sow ("features", "stage1", ...; comma-separated pairs for several).
+    c.kd.feature = dict(loss="", weight=0.0, student_layers="features",
+                        teacher_layers="features", adapter="none", params={})
 
     c.train = dict(
         steps=steps, epochs=0.0, batch_size=batch_size, ema_decay=0.0,

@@ -26,14 +26,21 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...
 
 
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
-                 input_shape: tuple[int, ...], *, ema: bool) -> Callable[[jax.Array], dict]:
-    """Returns ``rng -> state``; pure, so it can be ``eval_shape``d and jitted with shardings."""
+                 input_shape: tuple[int, ...], *, ema: bool,
+                 aux_init: Callable[[jax.Array], dict] | None = None
+                 ) -> Callable[[jax.Array], dict]:
+    """Returns ``rng -> state``; pure, so it can be ``eval_shape``d and jitted with shardings.
+
+    ``aux_init`` (optional) creates parameters trained alongside the model but not part of it
+    (feature adapters); they are stored as ``aux_params`` and the optimizer state then covers
+    ``{"model": params, "aux": aux_params}``.
+    """
 
     def init(rng: jax.Array) -> dict:
         init_rng, state_rng = jax.random.split(rng)
         variables = init_variables(model, init_rng, input_shape)
         params = variables["params"]
-        return {
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "batch_stats": variables.get("batch_stats", {}),
@@ -42,6 +49,11 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation,
             "rng": state_rng,
             "nonfinite": loop.init_nonfinite(),
         }
+        if aux_init is not None:
+            aux = aux_init(jax.random.fold_in(init_rng, 1))
+            state["aux_params"] = aux
+            state["opt_state"] = tx.init({"model": params, "aux": aux})
+        return state
 
     return init
 

@@ -63,11 +63,12 @@ def resize_spatial(x: jax.Array, out_hw: Sequence[int]) -> jax.Array:
     _, h, w, _ = x.shape
     if (h, w) == (out_h, out_w):
         return x
-    mh = jnp.asarray(_resize_matrix(h, out_h), x.dtype)
-    mw = jnp.asarray(_resize_matrix(w, out_w), x.dtype)
+    # Float32 weights (1/3 is not exact in bf16); the result keeps the input's dtype.
+    mh = jnp.asarray(_resize_matrix(h, out_h))
+    mw = jnp.asarray(_resize_matrix(w, out_w))
     hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=hi)
-    return jnp.einsum("pw,bowc->bopc", mw, x, precision=hi)
+    y = jnp.einsum("oh,bhwc->bowc", mh, x.astype(jnp.float32), precision=hi)
+    return jnp.einsum("pw,bowc->bopc", mw, y, precision=hi).astype(x.dtype)
 
 
 def needs_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> bool:

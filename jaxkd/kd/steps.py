@@ -18,7 +18,8 @@ import optax
 from jax.sharding import Mesh
 
 from jaxkd import losses
-from jaxkd.core import loop, sharding
+from jaxkd.core import errors, loop, sharding
+from jaxkd.kd import features as features_lib
 
 TeacherFn = Callable[[Any, dict], jax.Array]
 
@@ -30,10 +31,22 @@ class Teacher:
     fn: TeacherFn
     variables: Any
     shardings: Any
+    model: nn.Module | None = None  # live teachers only: also gives intermediate features
 
     @staticmethod
     def live(model: nn.Module, variables: Any, shardings: Any) -> "Teacher":
-        return Teacher(lambda v, b: model.apply(v, b["image"], train=False), variables, shardings)
+        return Teacher(lambda v, b: model.apply(v, b["image"], train=False), variables, shardings,
+                       model)
+
+    def logits_and_intermediates(self, variables: Any, batch: dict) -> tuple[jax.Array, dict]:
+        """Logits and the ``intermediates`` the teacher sows (eval mode)."""
+        if self.model is None:
+            raise errors.ConfigError(
+                "feature distillation needs a live teacher (its intermediate features); a cached "
+                "teacher only provides logits")
+        logits, state = self.model.apply(variables, batch["image"], train=False,
+                                         mutable=["intermediates"])
+        return logits, state["intermediates"]
 
     @staticmethod
     def cached(key: str = "teacher_logits") -> "Teacher":
@@ -74,24 +87,39 @@ def make_train_step(
     teacher: Teacher | None = None,
     distill: DistillConfig = DistillConfig(),
     ema_decay: float = 0.0,
+    feature: features_lib.FeatureTerm | None = None,
+    adapter_apply: Callable[[dict, list], list] | None = None,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """Builds ``step(state, batch) -> (state, metrics)``, jitted with shardings and donation.
 
     ``batch`` holds global arrays ``image [B, ...]``, ``label [B]``, ``mask [B]`` (and mixup's
     ``label2``, ``lam``). Without a teacher the loss is cross-entropy; with one it is
-    ``(1 - alpha) * CE + alpha * distill_loss(student, teacher)``.
+    ``(1 - alpha) * CE + alpha * distill_loss(student, teacher)``, plus
+    ``feature.weight * feature_loss(student layers (adapted), teacher layers)`` when a feature
+    term is given. A state with ``aux_params`` (the adapters) trains them together with the
+    student: the optimizer sees ``{"model": params, "aux": aux_params}``.
     """
     kd_fn = losses.get_loss(distill.loss) if teacher is not None else None
+    if feature is not None and teacher is None:
+        raise ValueError("a feature term needs a teacher")
 
     def step(state: dict, batch: dict, teacher_vars: Any) -> tuple[dict, dict]:
-        t_logits = None
-        if teacher is not None:
+        t_logits, t_feats = None, None
+        if feature is not None:
+            t_logits, t_inter = teacher.logits_and_intermediates(teacher_vars, batch)
+            t_logits = jax.lax.stop_gradient(t_logits)
+            t_feats = jax.lax.stop_gradient(features_lib.pick(t_inter, feature.teacher_layers))
+        elif teacher is not None:
             t_logits = jax.lax.stop_gradient(teacher.fn(teacher_vars, batch))
+        has_aux = "aux_params" in state
+        trainable = ({"model": state["params"], "aux": state["aux_params"]} if has_aux
+                     else state["params"])
 
-        def loss_fn(params):
+        def loss_fn(trainable):
+            params = trainable["model"] if has_aux else trainable
             logits, updates = model.apply(
                 _model_vars(params, state["batch_stats"]), batch["image"], train=True,
-                mutable=["batch_stats"],
+                mutable=["batch_stats", "intermediates"] if feature else ["batch_stats"],
             )
             ce = _ce(logits, batch)
             aux = {"ce": ce}
@@ -101,16 +129,26 @@ def make_train_step(
                            mask=batch["mask"], **dict(distill.params))
                 loss = (1.0 - distill.alpha) * ce + distill.alpha * kd
                 aux["kd"] = kd
+            if feature is not None:
+                s_feats = features_lib.pick(updates["intermediates"], feature.student_layers)
+                if adapter_apply is not None:
+                    s_feats = adapter_apply(trainable["aux"], s_feats)
+                feat = features_lib.feature_loss(feature, s_feats, t_feats, batch["mask"])
+                loss = loss + feature.weight * feat
+                aux["feat"] = feat
             return loss, (logits, updates.get("batch_stats", {}), aux)
 
         (loss, (logits, new_bs, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
+            trainable
         )
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        params = new_trainable["model"] if has_aux else new_trainable
         new_rng = jax.random.split(state["rng"])[0]
         new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_bs,
                          opt_state=opt_state, rng=new_rng)
+        if has_aux:
+            new_state["aux_params"] = new_trainable["aux"]
         if ema_decay:
             new_state["ema_params"] = jax.tree.map(
                 lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema_params"], params

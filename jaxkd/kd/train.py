@@ -32,6 +32,7 @@ from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import config_args, errors, loop, optim, report, sharding
 from jaxkd.core import state as state_lib
 from jaxkd.core.metrics import MetricWriter, read_metrics
+from jaxkd.kd import features as features_lib
 from jaxkd.kd import steps as steps_lib
 
 
@@ -50,6 +51,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if not config.teacher.init:
         config_args.check_choice("config.teacher.model", config.teacher.model, models.MODELS)
     config_args.check_choice("config.kd.loss", config.kd.loss, losses.LOSSES)
+    if config.kd.feature.loss:
+        config_args.check_choice("config.kd.feature.loss", config.kd.feature.loss,
+                                 losses.FEATURE_LOSSES)
     config_args.check_choice("config.train.on_nonfinite", config.train.on_nonfinite,
                              ("stop", "skip"))
     if config.train.batch_size < 1:
@@ -143,6 +147,33 @@ def evaluate(ctx: Context, eval_step, variables) -> dict[str, float]:
     return steps_lib.summarize_eval(sums)
 
 
+def _feature_term(config, model, teacher_model, teacher_vars, input_shape):
+    """The configured feature term, checked against the models' sown layers, and its adapters.
+
+    ``teacher_vars`` may be arrays or ``ShapeDtypeStruct``s (to check a config before the teacher
+    is trained).
+    """
+    f = config.kd.feature
+    term = features_lib.FeatureTerm(
+        loss=f.loss,
+        student_layers=features_lib.parse_layers(f.student_layers,
+                                                 "config.kd.feature.student_layers"),
+        teacher_layers=features_lib.parse_layers(f.teacher_layers,
+                                                 "config.kd.feature.teacher_layers"),
+        weight=f.weight, adapter=f.adapter, params=tuple(sorted(f.params.to_dict().items())))
+    if teacher_model is None:
+        raise errors.ConfigError("config.kd.feature needs a live teacher, not cached logits")
+    s_vars = jax.eval_shape(lambda r: state_lib.init_variables(model, r, input_shape),
+                            jax.random.PRNGKey(0))
+    s_shapes = features_lib.intermediate_shapes(model, s_vars, input_shape)
+    t_shapes = features_lib.intermediate_shapes(teacher_model, teacher_vars, input_shape)
+    features_lib.check_layers(term, s_shapes, t_shapes)
+    aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
+    features_lib.check_loss_accepts(term, s_shapes, t_shapes, aux_init, adapter_apply)
+    return term, (aux_init if term.adapter != "none" else None), \
+        (adapter_apply if term.adapter != "none" else None)
+
+
 def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     """Trains (or resumes, or just re-evaluates a finished) run; returns ``(state, eval)``."""
     config = ctx.config
@@ -153,7 +184,12 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     tx = optim.make_optimizer(spec.optimizer, total)
     pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True)
     input_shape = tuple(pipeline.output_shape)
-    init_fn = state_lib.make_init_fn(model, tx, input_shape, ema=config.train.ema_decay > 0)
+    feature, aux_init, adapter_apply = None, None, None
+    if spec.distill and config.kd.feature.loss:
+        feature, aux_init, adapter_apply = _feature_term(
+            config, model, spec.teacher.model, spec.teacher.variables, input_shape)
+    init_fn = state_lib.make_init_fn(model, tx, input_shape, ema=config.train.ema_decay > 0,
+                                     aux_init=aux_init)
     build, abstract, shardings = state_lib.create_sharded(
         init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
     )
@@ -162,7 +198,7 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
         teacher=spec.teacher if spec.distill else None,
         distill=steps_lib.DistillConfig(config.kd.loss, config.kd.alpha, config.kd.temperature,
                                         tuple(sorted(config.kd.params.to_dict().items()))),
-        ema_decay=config.train.ema_decay,
+        ema_decay=config.train.ema_decay, feature=feature, adapter_apply=adapter_apply,
     )
     eval_step = steps_lib.make_eval_step(
         steps_lib.student_logits_fn(model, use_ema=config.train.ema_decay > 0),
@@ -282,6 +318,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_classes = train_src.info.num_classes
     writer = MetricWriter(workdir, enabled=is_main)
     ctx = Context(config, workdir, mesh, train_src, test_src, num_classes, writer)
+
+    # A feature term is checked against both architectures before anything trains.
+    if config.kd.feature.loss and not config.teacher.init:
+        input_shape = tuple(_pipeline(ctx, train_src, seed=0, train=False).output_shape)
+        t_model = models.build(config.teacher.model, num_classes=num_classes,
+                               **config.teacher.model_kwargs)
+        _feature_term(
+            config, models.build(config.student.model, num_classes=num_classes,
+                                 **config.student.model_kwargs),
+            t_model, jax.eval_shape(lambda r: state_lib.init_variables(t_model, r, input_shape),
+                                    jax.random.PRNGKey(0)), input_shape)
 
     # Teacher.
     teacher_dir = config.teacher.init or os.path.join(workdir, "checkpoints", "teacher")

@@ -17,6 +17,17 @@ from jaxkd.losses.kd import (
 )
 
 
+from jaxkd.losses.features import (
+    attention_transfer_loss,
+    cc_loss,
+    fitnet_loss,
+    ickd_loss,
+    pkt_loss,
+    rkd_loss,
+    similarity_preserving_loss,
+)
+
+
 def _ignores_labels(fn):
     """Adapts a loss without a ``labels`` argument to the registry signature."""
 
@@ -40,6 +51,30 @@ LOSSES = {
 }
 
 
+# Feature / relational terms, switchable with ``config.kd.feature.loss``, all called as
+# ``fn(student_feat, teacher_feat, *, mask, **params) -> scalar`` on one pair of captured layers
+# (the student's after its adapter, if any); a term over several layer pairs sums them.
+FEATURE_LOSSES = {
+    "fitnet": fitnet_loss,
+    "at": attention_transfer_loss,
+    "rkd": rkd_loss,
+    "pkt": pkt_loss,
+    "sp": similarity_preserving_loss,
+    "ickd": ickd_loss,
+    "cc": cc_loss,
+}
+# Those that compare the two features elementwise (or channel by channel): shapes must match.
+SAME_SHAPE_FEATURE_LOSSES = frozenset({"fitnet", "ickd"})
+
+
+def get_feature_loss(name: str):
+    """Returns the feature distillation term registered as ``name``."""
+    if name not in FEATURE_LOSSES:
+        raise ValueError(
+            f"unknown feature loss {name!r}; valid feature losses: {', '.join(sorted(FEATURE_LOSSES))}")
+    return FEATURE_LOSSES[name]
+
+
 def get_loss(name: str):
     """Returns the distillation term registered as ``name``."""
     if name not in LOSSES:
@@ -48,7 +83,10 @@ def get_loss(name: str):
 
 
 __all__ = [
+    "FEATURE_LOSSES",
     "LOSSES",
+    "SAME_SHAPE_FEATURE_LOSSES",
+    "get_feature_loss",
     "clip_affinity_mimicking_loss",
     "deit_distillation_loss",
     "dino_center_update",

@@ -55,6 +55,10 @@ def _is_concrete_number(value) -> bool:
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_positive(fn: str, name: str, value) -> None:
     if _is_concrete_number(value) and not value > 0:
         raise ValueError(f"{fn}: {name} must be > 0, got {value}")
@@ -99,8 +103,8 @@ def _regressor_hint(t_shape) -> str:
             f"out_channels={t_shape[-1]}, out_hw={tuple(t_shape[1:3])}) first"
         )
     return (
-        "map the student feature with a jaxkd.kd.adapters.LinearEmbed head (or another "
-        f"regressor) to the teacher's shape {tuple(t_shape[1:])} first"
+        "map the student feature with a trainable regressor (e.g. flax.linen.Dense("
+        f"{int(math.prod(t_shape[1:]))}) reshaped to {tuple(t_shape[1:])}) first"
     )
 
 
@@ -306,7 +310,9 @@ def _rkd_relations(x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array
     mean = jnp.sum(dist) / jnp.maximum(jnp.sum(pair), 1)
     dist = dist / jnp.where(mean > 0, mean, 1.0)
     # angle[i, j, k] = <normalize(x_j - x_i), normalize(x_k - x_i)>.
-    norm = jnp.sqrt(jnp.where(pair, sq, 1.0))[..., None]
+    # Two identical embeddings (e.g. dead ReLU features) give sq == 0 on a valid pair: keep the
+    # sqrt away from 0 there, or its derivative makes the whole gradient NaN.
+    norm = jnp.sqrt(jnp.where(pair & (sq > 0), sq, 1.0))[..., None]
     unit = jnp.where(pair[..., None], diff / jnp.maximum(norm, _NORMALIZE_EPS), 0.0)
     angle = jnp.einsum("ijd,ikd->ijk", unit, unit, precision=_HIGHEST)
     return dist, angle
@@ -338,7 +344,8 @@ def rkd_loss(
     Benchmark weights: distance 25, angle 50, overall 1.
 
     Features of rank > 2 are flattened to ``[B, -1]`` (as the reference does); the student and
-    teacher widths may differ.
+    teacher widths may differ. Memory is ``O(B^2 D + B^3)`` (pairwise differences and the
+    triplet tensor), as in the reference: apply it to pooled embeddings, not to large maps.
 
     Args:
       student_emb: ``[B, D]`` (or ``[B, ...]``).
@@ -495,9 +502,9 @@ def crd_init_memory(
     ``normalize=False`` keeps the reference's raw init.
     """
     fn = "crd_init_memory"
-    if not isinstance(num_data, int) or num_data < 2:
+    if not _is_int(num_data) or num_data < 2:
         raise ValueError(f"{fn}: num_data must be an int >= 2, got {num_data!r}")
-    if not isinstance(dim, int) or dim < 1:
+    if not _is_int(dim) or dim < 1:
         raise ValueError(f"{fn}: dim must be an int >= 1, got {dim!r}")
     stdv = 1.0 / math.sqrt(dim / 3.0)
     k_s, k_t = jax.random.split(key)
@@ -570,9 +577,9 @@ def crd_sample_negatives(
     such index array can be passed to :func:`crd_loss` in place of this one.
     """
     fn = "crd_sample_negatives"
-    if not isinstance(num_data, int) or num_data < 2:
+    if not _is_int(num_data) or num_data < 2:
         raise ValueError(f"{fn}: num_data must be an int >= 2, got {num_data!r}")
-    if not isinstance(num_negatives, int) or num_negatives < 1:
+    if not _is_int(num_negatives) or num_negatives < 1:
         raise ValueError(f"{fn}: num_negatives must be an int >= 1, got {num_negatives!r}")
     if indices.ndim != 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
         raise ValueError(
@@ -589,7 +596,7 @@ def _crd_check(fn, student_emb, teacher_emb, memory_student, memory_teacher, ind
         _check_float_array(fn, name, x, ranks=(2,))
     for name, x in (("memory_student", memory_student), ("memory_teacher", memory_teacher)):
         _check_float_array(fn, name, x, ranks=(2,))
-    if not isinstance(num_data, int) or num_data < 2:
+    if not _is_int(num_data) or num_data < 2:
         raise ValueError(f"{fn}: num_data must be an int >= 2, got {num_data!r}")
     _check_same_batch(fn, "student_emb", student_emb, "teacher_emb", teacher_emb)
     b, d = student_emb.shape
@@ -888,7 +895,7 @@ def cc_loss(
     if not _is_concrete_number(gamma):
         raise ValueError(f"{fn}: gamma must be a Python number, got {type(gamma).__name__}")
     _check_positive(fn, "gamma", gamma)
-    if not isinstance(p_order, int) or isinstance(p_order, bool) or p_order < 0:
+    if not _is_int(p_order) or p_order < 0:
         raise ValueError(f"{fn}: p_order must be an int >= 0, got {p_order!r}")
     _check_float_array(fn, "student_emb", student_emb)
     _check_float_array(fn, "teacher_emb", teacher_emb)

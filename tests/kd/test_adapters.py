@@ -69,6 +69,14 @@ def test_resize_spatial_matches_pytorch_semantics(hw, out_hw):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_resize_spatial_keeps_dtype():
+    x = jnp.asarray(np.arange(2 * 6 * 6 * 2, dtype=np.float32).reshape(2, 6, 6, 2))
+    y = adapters.resize_spatial(x.astype(jnp.bfloat16), (2, 2))
+    assert y.dtype == jnp.bfloat16 and y.shape == (2, 2, 2, 2)
+    with pytest.raises(ValueError, match="out_hw"):
+        adapters.resize_spatial(x, (0, 2))
+
+
 def test_needs_adapter():
     assert not adapters.needs_adapter((8, 4, 4, 16), (8, 4, 4, 16))
     assert adapters.needs_adapter((8, 4, 4, 16), (8, 4, 4, 32))
@@ -117,24 +125,26 @@ def test_linear_embed_outputs_unit_rows():
     assert variables["params"]["linear"]["kernel"].shape == (32, 16)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 4, 6), (2, 6)])
-def test_vid_regressor(shape):
+def test_vid_regressor():
     reg = adapters.VIDRegressor(out_channels=10, mid_channels=7, init_pred_var=5.0, eps=1e-5)
-    x = _normal(0, shape)
+    x = _normal(0, (2, 6))  # embeddings: the 1x1 convs are dense layers
     variables = _init(reg, jax.random.PRNGKey(1), x)
     mean, alpha = _apply(reg, variables, x)
-    assert mean.shape == shape[:-1] + (10,) and alpha.shape == (10,)
+    assert mean.shape == (2, 10) and alpha.shape == (10,)
     np.testing.assert_allclose(jax.nn.softplus(alpha) + 1e-5, 5.0, rtol=1e-5)
-    t = jnp.zeros(mean.shape)
-    loss = jax.jit(features.vid_loss)(mean, t, alpha)
-    assert np.isfinite(float(loss))
+    loss = jax.jit(features.vid_loss)(mean, jnp.zeros(mean.shape), alpha)
+    np.testing.assert_allclose(loss, 0.5 * (np.log(5.0) + np.mean(np.asarray(mean) ** 2) / 5.0),
+                               rtol=1e-5)
 
 
-def test_vid_regressor_resizes():
-    reg = adapters.VIDRegressor(out_channels=3, out_hw=(2, 2))
-    x = jnp.ones((2, 4, 4, 5))
-    mean, _ = _apply(reg, _cheap_init(reg, x), x)
-    assert mean.shape == (2, 2, 2, 3)
+@pytest.mark.parametrize("out_hw,want_hw", [(None, (4, 4)), ((2, 2), (2, 2))])
+def test_vid_regressor_conv_maps(out_hw, want_hw):
+    reg = adapters.VIDRegressor(out_channels=3, out_hw=out_hw)
+    x = _normal(0, (2, 4, 4, 5))
+    variables = _cheap_init(reg, x)
+    assert variables["params"]["conv1"]["kernel"].shape == (1, 1, 5, 3)
+    mean, alpha = _apply(reg, variables, x)
+    assert mean.shape == (2, *want_hw, 3) and alpha.shape == (3,)
 
 
 def test_paraphraser_and_translator_shapes():

@@ -128,6 +128,7 @@ def test_teacher_from_init_path_and_class_mismatch(smoke_run, tmp_path):
     ("kd.alpha", 1.5, r"config.kd.alpha=1.5"),
     ("train.steps", 0, r"exactly one of config.train.steps and config.train.epochs"),
     ("teacher.epochs", 2.0, r"exactly one of config.teacher.steps and config.teacher.epochs"),
+    ("kd.feature.loss", "fitnett", r"config.kd.feature.loss='fitnett' is not valid"),
 ])
 def test_bad_config_values_fail_fast_naming_the_key(tmp_path, key, value, match):
     assert jax.device_count() == 8
@@ -269,3 +270,30 @@ def test_experiment_reads_standard_tfds_datasets_from_data_dir(tmp_path, name, i
                                  read_only=True).read_meta()
     expected = [image_size, image_size, 3] if image_size else [32, 32, 3]
     assert meta["input_shape"] == expected
+
+
+def test_feature_term_is_checked_before_any_training(tmp_path):
+    c = _smoke(**{"kd.feature.loss": "fitnet", "kd.feature.weight": 1.0})
+    with pytest.raises(errors.ConfigError, match=r"\[32\].*\[256\].*adapter"):
+        train.train_and_evaluate(c, str(tmp_path))
+    c = _smoke(**{"kd.feature.loss": "sp", "kd.feature.weight": 1.0,
+                  "kd.feature.teacher_layers": "stage9"})
+    with pytest.raises(errors.ConfigError, match="no layer 'stage9'; available: features"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_fitnet_feature_distillation_end_to_end_with_resume(tmp_path):
+    from configs.kd import fitnet_digits
+    c = fitnet_digits.get_config("smoke")
+    c.train.progress = False
+    first = train.train_and_evaluate(c, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    assert any("kd/seed0/train/feat" in r for r in rows)
+    state = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints" / "kd_seed0"),
+                                  read_only=True).restore_raw()
+    assert state["aux_params"]["adapter0"]["linear"]["kernel"].shape == (32, 256)
+    assert "aux_params" not in ckpt_lib.Checkpointer(
+        str(tmp_path / "checkpoints" / "scratch_seed0"), read_only=True).restore_raw()
+    again = train.train_and_evaluate(c, str(tmp_path))
+    assert again["kd/acc_mean"] == first["kd/acc_mean"]

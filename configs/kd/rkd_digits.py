@@ -1,0 +1,20 @@
+"""python -m experiments.kd --config configs/kd/rkd_digits.py --workdir runs/kd_rkd_digits  # ~2 min on a 2-core CPU
+
+Relational KD (Park et al. 2019) on sklearn digits: the quickstart's teacher, student, data and
+budget; the student's loss is CE + weight * (distance (weight 25) + angle (weight 50) relations
+between the examples' ``features``), weight 1, with the paper's 25/50 inside, and no logit KD term
+(alpha = 0), as in the CRD / RepDistiller benchmark for feature methods. Same args as
+``configs/kd/digits.py``.
+"""
+
+from configs.kd import digits
+
+
+def get_config(arg=None):
+    c = digits.get_config(arg)
+    c.kd.alpha = 0.0
+    c.kd.feature = dict(
+        student_layers="features", teacher_layers="features",
+        loss="rkd", weight=1.0, adapter="none",
+        params=dict(distance_weight=25.0, angle_weight=50.0))
+    return c
