@@ -20,3 +20,17 @@ def test_kd_step_benchmark_prints_its_ratios():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["kd_over_ce"] > 0 and out["cached_over_ce"] > 0
     assert out["devices"] == 2
+
+
+def test_kd_methods_benchmark_prints_a_ratio_per_method():
+    r = subprocess.run(
+        [sys.executable, "benchmarks/kd_methods_step.py", "--batch", "8", "--image-size", "8",
+         "--num-classes", "10", "--steps", "1", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out) == {f"{m}_over_hinton" for m in ("hinton", "dkd", "dist", "fitnet", "at",
+                                                      "rkd", "pkt", "sp", "ickd", "cc")} | {
+        "cached_over_ce"}
+    assert out["hinton_over_hinton"] == 1.0
