@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
-import time
 
 import jax
 import ml_collections
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402  (benchmarks/timing.py)
 
 from jaxkd import models
 from jaxkd.core import optim, sharding
@@ -113,24 +115,7 @@ def main(argv=None) -> dict:
         loss, params, alpha, feat = _METHODS[name]
         runs[name] = (*build_step(live, loss, params, alpha, feat), gbatch)
 
-    states = {}
-    for name, (build, step, b) in runs.items():  # warm-up: compile and run twice
-        s = build()
-        for _ in range(2):
-            s, m = step(s, b)
-        jax.block_until_ready(m)
-        states[name] = s
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, (_, step, b) in runs.items():
-            s = states[name]
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                s, m = step(s, b)
-            jax.block_until_ready((s, m))
-            times[name].append((time.perf_counter() - t) / args.steps)
-            states[name] = s
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = timing.median_step_times(runs, steps=args.steps, rounds=args.rounds)
     for k, v in med.items():
         print(f"{k:>8}: {1e3 * v:8.2f} ms/step")
     out = {f"{k}_over_hinton": med[k] / med["hinton"] for k in med if k not in ("ce", "cached")}

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
-import time
 
 import jax
 import ml_collections
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402  (benchmarks/timing.py)
 
 from jaxkd import models
 from jaxkd.core import optim, sharding
@@ -84,26 +86,9 @@ def main(argv=None) -> dict:
         "cached": (steps_lib.make_train_step(student, tx, mesh=mesh, state_shardings=shardings,
                                              teacher=steps_lib.Teacher.cached()), gbatch_cached),
     }
-    states = {}
-    for name, (fn, b) in steps.items():  # warm-up: compile and run twice
-        s = build()
-        for _ in range(2):
-            s, m = fn(s, b)
-        jax.block_until_ready(m)
-        states[name] = s
-
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for name, (fn, b) in steps.items():
-            s = states[name]
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                s, m = fn(s, b)
-            jax.block_until_ready((s, m))
-            times[name].append((time.perf_counter() - t) / args.steps)
-            states[name] = s
-
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = timing.median_step_times(
+        {k: (build, fn, b) for k, (fn, b) in steps.items()}, steps=args.steps,
+        rounds=args.rounds)
     out = {
         "kd_over_ce": med["kd"] / med["ce"],
         "cached_over_ce": med["cached"] / med["ce"],
