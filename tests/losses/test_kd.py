@@ -113,7 +113,7 @@ def test_bad_hyperparameters_and_unknown_loss_name():
     with pytest.raises(ValueError, match="alpha"):
         losses.hinton_kd_objective(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32),
                                    alpha=1.5)
-    with pytest.raises(ValueError, match="valid losses: hinton"):
+    with pytest.raises(ValueError, match="valid losses: .*hinton"):
         losses.get_loss("hintonn")
 
 
