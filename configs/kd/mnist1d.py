@@ -9,17 +9,25 @@ Args after the colon (comma-separated, all optional):
   smoke        tiny and fast (tests): few steps, one seed.
   seed=N       first seed (seeds are N, N+1, ...).
   seeds=N      number of student seeds (default 3).
+  student=M    student architecture: mlp (default; hidden 100, 100) or convnet1d (width 8).
 """
 
 from configs.kd import _base
-from jaxkd.core.config_args import parse_config_arg
+from jaxkd.core.config_args import check_choice, parse_config_arg
+
+_STUDENTS = {
+    "mlp": dict(hidden=(100, 100)),
+    "convnet1d": dict(width=8, depth=3),
+}
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, flags=("smoke",), defaults={"seed": 0, "seeds": 3})
+    args = parse_config_arg(arg, flags=("smoke",),
+                            defaults={"seed": 0, "seeds": 3, "student": "mlp"})
+    check_choice("student", args.student, _STUDENTS)
     return _base.kd_config(
         seed=args.seed, num_seeds=args.seeds, dataset="mnist1d",
         teacher="convnet1d", teacher_kwargs=dict(width=64, depth=3), teacher_steps=4000,
-        student="mlp", student_kwargs=dict(hidden=(100, 100)), steps=4000,
+        student=args.student, student_kwargs=_STUDENTS[args.student], steps=4000,
         batch_size=128, lr=2e-3, teacher_lr=3e-3, temperature=4.0, alpha=0.5, smoke=args.smoke,
     )

@@ -56,6 +56,18 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                                  losses.FEATURE_LOSSES)
     config_args.check_choice("config.train.on_nonfinite", config.train.on_nonfinite,
                              ("stop", "skip"))
+    for key in ("student", "teacher"):
+        if key == "teacher" and config.teacher.init:
+            continue  # the architecture comes from the checkpoint
+        node = config[key]
+        try:
+            models.build(node.model, num_classes=2, **node.model_kwargs)
+        except TypeError as e:
+            raise ValueError(
+                f"config.{key}.model_kwargs do not fit config.{key}.model={node.model!r}: {e}. "
+                f"A locked config cannot drop keys from the command line; choose the model with "
+                f"the config's own arg (e.g. --config configs/kd/<name>.py:{key}=<model>) or edit "
+                f"the config file") from None
     if config.train.batch_size < 1:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} must be >= 1")
     if config.num_seeds < 1:

@@ -129,6 +129,7 @@ def test_teacher_from_init_path_and_class_mismatch(smoke_run, tmp_path):
     ("train.steps", 0, r"exactly one of config.train.steps and config.train.epochs"),
     ("teacher.epochs", 2.0, r"exactly one of config.teacher.steps and config.teacher.epochs"),
     ("kd.feature.loss", "fitnett", r"config.kd.feature.loss='fitnett' is not valid"),
+    ("student.model", "convnet1d", r"config.student.model_kwargs do not fit.*'hidden'.*:student="),
 ])
 def test_bad_config_values_fail_fast_naming_the_key(tmp_path, key, value, match):
     assert jax.device_count() == 8
