@@ -94,8 +94,7 @@ def main(argv=None) -> dict:
                                             features_lib.parse_layers(t_layers, "t"), weight,
                                             adapter)
             features_lib.check_layers(term, s_shapes, t_shapes)
-            if adapter != "none":
-                aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
+            aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
         build, _, sh = state_lib.create_sharded(
             state_lib.make_init_fn(student, tx, shape, ema=False, aux_init=aux_init),
             jax.random.PRNGKey(0), mesh, "replicated")

@@ -119,6 +119,13 @@ def param_shardings(tree: Any, mesh: Mesh, strategy: str = "replicated",
     return jax.tree.map(leaf, tree)
 
 
+def with_shardings(shapes: Any, shardings: Any) -> Any:
+    """``ShapeDtypeStruct`` tree carrying ``shardings``: a restore / ``jit`` target."""
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+
+
 def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's slice of the batch into globally sharded arrays."""
     sharding = batch_sharding(mesh)

@@ -70,9 +70,7 @@ def create_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Me
     """
     shapes = jax.eval_shape(init_fn, rng)
     shardings = sharding.param_shardings(shapes, mesh, strategy)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
+    abstract = sharding.with_shardings(shapes, shardings)
     rng = jax.device_put(rng, sharding.replicated(mesh))
 
     def build():

@@ -111,38 +111,33 @@ class _Linear(nn.Module):
         return y.reshape(x.shape[0], *self.out_shape)
 
 
-def _adapter(term: FeatureTerm, t_shape: tuple[int, ...]) -> nn.Module | None:
+def _adapter(term: FeatureTerm, t_shape: tuple[int, ...]) -> nn.Module:
     if term.adapter == "linear":
         return _Linear(tuple(t_shape))
-    if term.adapter == "conv":
-        return adapters.ConvRegressor(out_channels=t_shape[-1], out_hw=tuple(t_shape[:2]),
-                                      use_batch_norm=False, relu=False)
-    return None
+    # "conv": a linear 1x1 regressor; the ConvRegressor's BN is off, so ``train`` changes nothing.
+    return adapters.ConvRegressor(out_channels=t_shape[-1], out_hw=tuple(t_shape[:2]),
+                                  use_batch_norm=False, relu=False)
 
 
 def make_adapters(term: FeatureTerm, student_shapes: dict, teacher_shapes: dict
-                  ) -> tuple[Callable[[jax.Array], dict], Callable[[dict, list], list]]:
-    """Returns ``(init(rng) -> aux_params, apply(aux_params, student_feats) -> adapted)``."""
+                  ) -> tuple[Callable[[jax.Array], dict] | None, Callable[[dict, list], list] | None]:
+    """Returns ``(init(rng) -> aux_params, apply(aux_params, student_feats) -> adapted)``, or
+    ``(None, None)`` when the term has no adapter (nothing to train, features used as they are)."""
+    if term.adapter == "none":
+        return None, None
     mods = [_adapter(term, teacher_shapes[t]) for t in term.teacher_layers]
+    kw = {"train": False} if term.adapter == "conv" else {}
 
     def init(rng: jax.Array) -> dict:
-        params = {}
-        for i, (m, s) in enumerate(zip(mods, term.student_layers)):
-            if m is not None:
-                x = jnp.zeros((1, *student_shapes[s]), jnp.float32)
-                kw = {"train": False} if isinstance(m, adapters.ConvRegressor) else {}
-                params[f"adapter{i}"] = m.init(jax.random.fold_in(rng, i), x, **kw)["params"]
-        return params
+        return {
+            f"adapter{i}": m.init(jax.random.fold_in(rng, i),
+                                  jnp.zeros((1, *student_shapes[s]), jnp.float32), **kw)["params"]
+            for i, (m, s) in enumerate(zip(mods, term.student_layers))
+        }
 
     def apply(aux_params: dict, feats: list) -> list:
-        out = []
-        for i, (m, f) in enumerate(zip(mods, feats)):
-            if m is None:
-                out.append(f)
-            else:
-                kw = {"train": True} if isinstance(m, adapters.ConvRegressor) else {}
-                out.append(m.apply({"params": aux_params[f"adapter{i}"]}, f, **kw))
-        return out
+        return [m.apply({"params": aux_params[f"adapter{i}"]}, f, **kw)
+                for i, (m, f) in enumerate(zip(mods, feats))]
 
     return init, apply
 
@@ -155,7 +150,7 @@ def check_loss_accepts(term: FeatureTerm, student_shapes: dict, teacher_shapes: 
     def run(rng):
         s = [jnp.zeros((2, *student_shapes[n])) for n in term.student_layers]
         t = [jnp.zeros((2, *teacher_shapes[n])) for n in term.teacher_layers]
-        if term.adapter != "none":
+        if adapter_apply is not None:
             s = adapter_apply(aux_init(rng), s)
         return feature_loss(term, s, t, jnp.ones((2,)))
 

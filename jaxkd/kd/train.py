@@ -182,8 +182,7 @@ def _feature_term(config, model, teacher_model, teacher_vars, input_shape):
     features_lib.check_layers(term, s_shapes, t_shapes)
     aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
     features_lib.check_loss_accepts(term, s_shapes, t_shapes, aux_init, adapter_apply)
-    return term, (aux_init if term.adapter != "none" else None), \
-        (adapter_apply if term.adapter != "none" else None)
+    return term, aux_init, adapter_apply
 
 
 def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
@@ -276,9 +275,7 @@ def load_teacher(directory: str, mesh, strategy: str,
         )
         target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
         shardings = sharding.param_shardings(target, mesh, strategy)
-        abstract = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings
-        )
+        abstract = sharding.with_shardings(target, shardings)
         restored = checkpointer.restore_subtree(step, abstract)
     variables = {"params": restored["params"]}
     if restored.get("batch_stats"):

@@ -40,8 +40,7 @@ def _toy(mesh, bad_step=None, on_signal_at=None):
 
     shapes = jax.eval_shape(init)
     shard = sharding.param_shardings(shapes, mesh)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, shard)
+    abstract = sharding.with_shardings(shapes, shard)
 
     @jax.jit
     def step(state, batch):
