@@ -2,13 +2,17 @@
 
     python -m experiments.kd --config configs/kd/digits.py --workdir runs/kd_digits \
         [--config.train.steps=3000 ...]
+
+``config.experiment`` picks the driver (``jaxkd.kd.EXPERIMENTS``): ``kd`` (default: teacher, then
+students from scratch and with distillation), ``active`` (active distillation under a teacher
+query budget), ``long_tail`` (long-tailed split with tail re-weighting).
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import common
-from jaxkd.kd import train
+import jaxkd.kd
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -19,7 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.run(lambda: train.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+    config = _CONFIG.value
+    common.run(lambda: jaxkd.kd.get_experiment(config.get("experiment", "kd"))(
+        config, _WORKDIR.value))
 
 
 if __name__ == "__main__":

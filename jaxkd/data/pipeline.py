@@ -87,6 +87,7 @@ class Pipeline:
         drop_remainder: bool | None = None,
         prefetch: int | None = None,
         num_threads: int | None = None,
+        with_index: bool = False,
     ):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size={global_batch_size} must be >= 1")
@@ -118,6 +119,7 @@ class Pipeline:
         if drop_remainder is None:
             drop_remainder = train
         self.num_epochs = num_epochs
+        self.with_index = bool(with_index)
         self.drop_remainder = drop_remainder
         if num_epochs is None:
             self._total, self.num_batches = None, None
@@ -220,6 +222,8 @@ class Pipeline:
         if self.augment.mixup_alpha > 0:
             spec["label2"] = jax.ShapeDtypeStruct((b,), np.int32)
             spec["lam"] = jax.ShapeDtypeStruct((b,), np.float32)
+        if self.with_index:
+            spec["index"] = jax.ShapeDtypeStruct((b,), np.int32)
         return spec
 
     # ---------------------------------------------------------------------------- checkpoints
@@ -347,6 +351,10 @@ class Pipeline:
             if partner is not None:
                 out["label2"][~mask] = 0
         out["mask"] = mask.astype(np.float32)
+        if self.with_index:
+            index = examples[rows].astype(np.int32)
+            index[~mask] = 0
+            out["index"] = index
         return out
 
     def _fetch(self, idx: np.ndarray, boxes_u: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -394,6 +402,7 @@ def make_pipeline(
     drop_remainder: bool | None = None,
     prefetch: int | None = None,
     num_threads: int | None = None,
+    with_index: bool = False,
 ) -> Pipeline:
     """Builds the input pipeline for one process.
 
@@ -413,6 +422,8 @@ def make_pipeline(
       prefetch: batches computed ahead in a background thread (default 0 for in-memory
         sources, 2 otherwise).
       num_threads: threads reading / resizing examples on the per-example path.
+      with_index: also give ``"index"``, int32 ``[G/P]``: each row's example index in
+        ``source`` (0 on padding rows), for per-example state (memory banks, caches, weights).
 
     Returns:
       A :class:`Pipeline`: ``next(p)`` gives ``{"image": float32 [G/P, *shape] normalised with
@@ -428,4 +439,5 @@ def make_pipeline(
         source, global_batch_size=global_batch_size, seed=seed, train=train, augment=augment,
         process_index=process_index, process_count=process_count, num_epochs=num_epochs,
         drop_remainder=drop_remainder, prefetch=prefetch, num_threads=num_threads,
+        with_index=with_index,
     )

@@ -93,7 +93,8 @@ def make_train_step(
     """Builds ``step(state, batch) -> (state, metrics)``, jitted with shardings and donation.
 
     ``batch`` holds global arrays ``image [B, ...]``, ``label [B]``, ``mask [B]`` (and mixup's
-    ``label2``, ``lam``). Without a teacher the loss is cross-entropy; with one it is
+    ``label2``, ``lam``; optionally ``kd_weight [B]``, per-example weights of the distillation
+    term, which then is the ``mask * kd_weight``-weighted mean). Without a teacher the loss is cross-entropy; with one it is
     ``(1 - alpha) * CE + alpha * distill_loss(student, teacher)``, plus
     ``feature.weight * feature_loss(student layers (adapted), teacher layers)`` when a feature
     term is given. A state with ``aux_params`` (the adapters) trains them together with the
@@ -111,6 +112,9 @@ def make_train_step(
             t_feats = jax.lax.stop_gradient(features_lib.pick(t_inter, feature.teacher_layers))
         elif teacher is not None:
             t_logits = jax.lax.stop_gradient(teacher.fn(teacher_vars, batch))
+        # Optional per-example weights of the distillation term (class re-weighting, influence
+        # weights): the term becomes the kd_weight-weighted mean over the batch.
+        kd_mask = batch["mask"] * batch["kd_weight"] if "kd_weight" in batch else batch["mask"]
         has_aux = "aux_params" in state
         trainable = ({"model": state["params"], "aux": state["aux_params"]} if has_aux
                      else state["params"])
@@ -126,7 +130,7 @@ def make_train_step(
             loss = ce
             if t_logits is not None:
                 kd = kd_fn(logits, t_logits, labels=batch["label"], temperature=distill.temperature,
-                           mask=batch["mask"], **dict(distill.params))
+                           mask=kd_mask, **dict(distill.params))
                 loss = (1.0 - distill.alpha) * ce + distill.alpha * kd
                 aux["kd"] = kd
             if feature is not None:

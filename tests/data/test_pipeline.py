@@ -310,3 +310,25 @@ def test_digits_pipeline_is_fast(digits):
         _take(p, 200)
         per_batch = (time.perf_counter() - t) / 200
         assert per_batch < 2e-3, per_batch  # Measured ~0.03 ms / ~0.2 ms; margin for CI noise.
+
+
+
+def test_with_index_gives_each_rows_example():
+    # Labels of _indexed_source are the example indices, so "index" must equal "label" on real
+    # rows, in train (shuffled, several epochs, two processes) and eval (padded) pipelines.
+    src = _indexed_source(13)
+    for pi in range(2):
+        p = data_lib.make_pipeline(src, global_batch_size=4, seed=3, train=True,
+                                   process_index=pi, process_count=2, with_index=True)
+        for b in _take(p, 9):
+            np.testing.assert_array_equal(b["index"], b["label"])
+            assert b["index"].dtype == np.int32
+        assert p.element_spec.keys() == b.keys()
+    ev = list(data_lib.make_pipeline(src, global_batch_size=4, seed=0, train=False,
+                                     with_index=True))
+    idx = np.concatenate([b["index"] for b in ev])
+    mask = np.concatenate([b["mask"] for b in ev]).astype(bool)
+    np.testing.assert_array_equal(idx[mask], np.arange(13))
+    assert (idx[~mask] == 0).all()
+    assert "index" not in next(data_lib.make_pipeline(src, global_batch_size=4, seed=0,
+                                                      train=True))
