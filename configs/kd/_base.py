@@ -27,7 +27,10 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     c.mesh = dict(data=-1, fsdp=1, params="replicated")
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.init = ""  # checkpoint directory of a trained teacher; "" = train one in the workdir
+    # Checkpoint directory of a trained teacher, or several separated by commas (an ensemble);
+    # "" = train ``num_teachers`` teachers in the workdir (seeds seed, seed + 1, ...).
+    c.teacher.init = ""
+    c.teacher.num_teachers = 1
     c.teacher.model = teacher
     c.teacher.model_kwargs = teacher_kwargs
     c.teacher.steps = teacher_steps
@@ -38,7 +41,15 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     c.optimizer = optimizer(lr)
     # Loss = (1 - alpha) * CE + alpha * (distillation term).
     # ``params``: the chosen loss's own keyword arguments (e.g. DKD's beta), set by each config.
-    c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha, params={})
+    # ``loss``: a name in jaxkd.losses.LOSSES, or "deit" (a ViT student's distillation token).
+    # ``warmup_steps``: the distillation weight ramps from 0 to alpha over these steps.
+    # ``source``: "teacher" (config.teacher) or "ema" (momentum distillation: the teacher is the
+    # student's own EMA with ``momentum``, ALBEF).
+    # ``ensemble``: how several teachers combine: "mean_probs", "mean_logits" or "per_teacher"
+    # (the loss against each, weighted); ``weights`` () = uniform.
+    c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha, params={}, warmup_steps=0,
+                source="teacher", momentum=0.995,
+                ensemble=dict(combine="mean_probs", weights=()))
     # An optional feature / relational term added with ``weight`` (loss "" = none): layers are
     # names the models sow ("features", "stage1", ...; comma-separated pairs for several).
     c.kd.feature = dict(loss="", weight=0.0, student_layers="features",

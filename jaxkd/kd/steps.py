@@ -53,6 +53,61 @@ class Teacher:
         """Logits precomputed and carried in the batch under ``key`` (dataset reinforcement)."""
         return Teacher(lambda v, b: b[key], {}, {})
 
+    # Ensembles: ``members(variables, batch) -> [K, B, C]``, one row per teacher; ``fn`` gives the
+    # combined logits (evaluation, agreement and the "mean_*" targets); with ``per_teacher`` the
+    # train step applies the loss to each member and sums with ``weights``.
+    members: Callable[[Any, dict], jax.Array] | None = None
+    weights: tuple[float, ...] = ()
+    per_teacher: bool = False
+
+    @staticmethod
+    def ensemble(teachers: "list[Teacher]", weights: tuple[float, ...] | None = None,
+                 combine: str = "mean_probs") -> "Teacher":
+        """Several teachers as one (multi-teacher KD and teacher ensembles).
+
+        ``combine``:
+          * ``"mean_probs"``: the target is ``log(sum_k w_k softmax(t_k))``, the ensemble's
+            predictive distribution (temperature is then applied to these log-probabilities);
+          * ``"mean_logits"``: ``sum_k w_k t_k``;
+          * ``"per_teacher"``: ``sum_k w_k loss(student, t_k)``, each teacher at temperature T.
+        ``weights`` default to uniform and are normalised to sum to 1. All teachers must predict
+        the same classes.
+        """
+        k = len(teachers)
+        if k < 1:
+            raise ValueError("an ensemble needs at least one teacher")
+        w = tuple(float(x) for x in (weights or (1.0,) * k))
+        if len(w) != k or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"ensemble weights {w} must be {k} non-negative numbers, not all 0")
+        w = tuple(x / sum(w) for x in w)
+        if combine not in COMBINE:
+            raise ValueError(f"combine={combine!r} is not one of {sorted(COMBINE)}")
+        fns = tuple(t.fn for t in teachers)
+
+        def members(variables, batch):
+            return jnp.stack([f(v, batch).astype(jnp.float32) for f, v in zip(fns, variables)])
+
+        def fn(variables, batch):
+            return combine_logits(members(variables, batch), w,
+                                  "mean_logits" if combine == "mean_logits" else "mean_probs")
+
+        return Teacher(fn, tuple(t.variables for t in teachers),
+                       tuple(t.shardings for t in teachers), None, members=members, weights=w,
+                       per_teacher=combine == "per_teacher")
+
+
+COMBINE = ("mean_probs", "mean_logits", "per_teacher")
+
+
+def combine_logits(member_logits: jax.Array, weights: tuple[float, ...], how: str) -> jax.Array:
+    """``[K, B, C]`` teacher logits -> ``[B, C]``: weighted mean of logits, or the log of the
+    weighted mean of probabilities (``how="mean_probs"``)."""
+    w = jnp.asarray(weights, jnp.float32)
+    z = member_logits.astype(jnp.float32)
+    if how == "mean_logits":
+        return jnp.einsum("k,kbc->bc", w, z)
+    return jax.nn.logsumexp(jax.nn.log_softmax(z, -1) + jnp.log(w)[:, None, None], axis=0)
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -60,6 +115,18 @@ class DistillConfig:
     alpha: float = 0.9  # weight of the distillation term; CE gets 1 - alpha
     temperature: float = 4.0
     params: tuple[tuple[str, Any], ...] = ()  # method-specific keyword arguments of the loss
+    # The distillation term's weight ramps linearly from 0 to alpha over the first
+    # ``warmup_steps`` steps (DKD's warm-up, ALBEF's alpha ramp); CE keeps 1 - alpha.
+    warmup_steps: int = 0
+    # "teacher": the given teacher; "ema": the student's own EMA (momentum distillation, ALBEF;
+    # the state's ``ema_params`` with the step's ``ema_decay`` as momentum).
+    source: str = "teacher"
+
+
+# DeiT: the student is a ViT with a distillation token; its CLS head learns from the labels and
+# its distillation head (sown as ``dist_logits``) from the teacher; ``params`` may set ``kind``
+# ("hard": the teacher's argmax, "soft": KL at the temperature).
+DEIT = "deit"
 
 
 def _model_vars(params: Any, batch_stats: Any) -> dict:
@@ -100,18 +167,49 @@ def make_train_step(
     term is given. A state with ``aux_params`` (the adapters) trains them together with the
     student: the optimizer sees ``{"model": params, "aux": aux_params}``.
     """
-    kd_fn = losses.get_loss(distill.loss) if teacher is not None else None
+    self_teacher = distill.source == "ema"
+    if self_teacher and (teacher is not None or not ema_decay):
+        raise ValueError("an EMA teacher (source='ema') needs ema_decay > 0 and no other teacher")
+    distilling = teacher is not None or self_teacher
+    deit = distilling and distill.loss == DEIT
+    kd_fn = losses.get_loss(distill.loss) if distilling and not deit else None
     if feature is not None and teacher is None:
         raise ValueError("a feature term needs a teacher")
+    per_teacher = teacher is not None and teacher.per_teacher
+    collections = ["batch_stats"] + (["intermediates"] if feature is not None or deit else [])
+
+    def distill_term(logits, t_all, t_logits, batch, kd_mask, inter):
+        kwargs = dict(labels=batch["label"], temperature=distill.temperature, mask=kd_mask,
+                      **dict(distill.params))
+        if deit:
+            params = dict(distill.params)
+            loss, _ = losses.deit_distillation_loss(
+                logits, inter["dist_logits"][0], t_logits, batch["label"],
+                kind=params.get("kind", "hard"), alpha=1.0, temperature=distill.temperature,
+                mask=kd_mask)
+            return loss
+        if per_teacher:
+            return sum(w * kd_fn(logits, t_all[k], **kwargs)
+                       for k, w in enumerate(teacher.weights))
+        return kd_fn(logits, t_logits, **kwargs)
 
     def step(state: dict, batch: dict, teacher_vars: Any) -> tuple[dict, dict]:
-        t_logits, t_feats = None, None
+        t_logits, t_feats, t_all = None, None, None
         if feature is not None:
             t_logits, t_inter = teacher.logits_and_intermediates(teacher_vars, batch)
             t_logits = jax.lax.stop_gradient(t_logits)
             t_feats = jax.lax.stop_gradient(features_lib.pick(t_inter, feature.teacher_layers))
+        elif per_teacher:
+            t_all = jax.lax.stop_gradient(teacher.members(teacher_vars, batch))
+            t_logits = combine_logits(t_all, teacher.weights, "mean_probs")
         elif teacher is not None:
             t_logits = jax.lax.stop_gradient(teacher.fn(teacher_vars, batch))
+        elif self_teacher:
+            t_logits = jax.lax.stop_gradient(model.apply(
+                _model_vars(state["ema_params"], state["batch_stats"]), batch["image"],
+                train=False))
+        ramp = (jnp.minimum(1.0, (state["step"] + 1) / distill.warmup_steps)
+                if distill.warmup_steps else 1.0)
         # Optional per-example weights of the distillation term (class re-weighting, influence
         # weights): the term becomes the kd_weight-weighted mean over the batch.
         kd_mask = batch["mask"] * batch["kd_weight"] if "kd_weight" in batch else batch["mask"]
@@ -123,15 +221,15 @@ def make_train_step(
             params = trainable["model"] if has_aux else trainable
             logits, updates = model.apply(
                 _model_vars(params, state["batch_stats"]), batch["image"], train=True,
-                mutable=["batch_stats", "intermediates"] if feature else ["batch_stats"],
+                mutable=collections,
             )
             ce = _ce(logits, batch)
             aux = {"ce": ce}
             loss = ce
             if t_logits is not None:
-                kd = kd_fn(logits, t_logits, labels=batch["label"], temperature=distill.temperature,
-                           mask=kd_mask, **dict(distill.params))
-                loss = (1.0 - distill.alpha) * ce + distill.alpha * kd
+                kd = distill_term(logits, t_all, t_logits, batch, kd_mask,
+                                  updates.get("intermediates", {}))
+                loss = (1.0 - distill.alpha) * ce + distill.alpha * ramp * kd
                 aux["kd"] = kd
             if feature is not None:
                 s_feats = features_lib.pick(updates["intermediates"], feature.student_layers)

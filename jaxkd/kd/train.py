@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -50,7 +51,34 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     config_args.check_choice("config.student.model", config.student.model, models.MODELS)
     if not config.teacher.init:
         config_args.check_choice("config.teacher.model", config.teacher.model, models.MODELS)
-    config_args.check_choice("config.kd.loss", config.kd.loss, losses.LOSSES)
+    config_args.check_choice("config.kd.loss", config.kd.loss,
+                             (*losses.LOSSES, steps_lib.DEIT))
+    config_args.check_choice("config.kd.source", config.kd.source, ("teacher", "ema"))
+    config_args.check_choice("config.kd.ensemble.combine", config.kd.ensemble.combine,
+                             steps_lib.COMBINE)
+    if config.kd.source == "ema":
+        if not 0.0 < config.kd.momentum < 1.0:
+            raise ValueError(f"config.kd.momentum={config.kd.momentum} must be in (0, 1) for an "
+                             f"EMA teacher (config.kd.source='ema')")
+        if config.kd.feature.loss:
+            raise ValueError("config.kd.feature needs an external teacher; set "
+                             "config.kd.feature.loss='' with config.kd.source='ema'")
+    if config.kd.loss == steps_lib.DEIT and not (
+            config.student.model.startswith("vit")
+            and config.student.model_kwargs.get("distill_token", False)):
+        raise ValueError(
+            "config.kd.loss='deit' trains a ViT's distillation token: set config.student.model to "
+            "a vit with model_kwargs.distill_token=True")
+    if config.teacher.num_teachers < 1:
+        raise ValueError(f"config.teacher.num_teachers={config.teacher.num_teachers} must be >= 1")
+    n_teachers = len(_teacher_inits(config)) or config.teacher.num_teachers
+    weights = tuple(config.kd.ensemble.weights)
+    if weights and (len(weights) != n_teachers or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(
+            f"config.kd.ensemble.weights={weights} must be {n_teachers} non-negative numbers (one "
+            f"per teacher), not all 0; () means uniform")
+    if config.kd.warmup_steps < 0:
+        raise ValueError(f"config.kd.warmup_steps={config.kd.warmup_steps} must be >= 0")
     if config.kd.feature.loss:
         config_args.check_choice("config.kd.feature.loss", config.kd.feature.loss,
                                  losses.FEATURE_LOSSES)
@@ -83,6 +111,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             )
     if config.kd.temperature <= 0:
         raise ValueError(f"config.kd.temperature={config.kd.temperature} must be > 0")
+
+
+def _teacher_inits(config) -> list[str]:
+    """``config.teacher.init``: one checkpoint directory, or several separated by commas."""
+    return [p.strip() for p in config.teacher.init.split(",") if p.strip()]
 
 
 # --------------------------------------------------------------------------------------- runs
@@ -199,17 +232,21 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     if spec.distill and config.kd.feature.loss:
         feature, aux_init, adapter_apply = _feature_term(
             config, model, spec.teacher.model, spec.teacher.variables, input_shape)
-    init_fn = state_lib.make_init_fn(model, tx, input_shape, ema=config.train.ema_decay > 0,
+    self_distill = spec.distill and config.kd.source == "ema"
+    ema_decay = config.kd.momentum if self_distill else config.train.ema_decay
+    init_fn = state_lib.make_init_fn(model, tx, input_shape, ema=ema_decay > 0,
                                      aux_init=aux_init)
     build, abstract, shardings = state_lib.create_sharded(
         init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
     )
     train_step = steps_lib.make_train_step(
         model, tx, mesh=ctx.mesh, state_shardings=shardings,
-        teacher=spec.teacher if spec.distill else None,
-        distill=steps_lib.DistillConfig(config.kd.loss, config.kd.alpha, config.kd.temperature,
-                                        tuple(sorted(config.kd.params.to_dict().items()))),
-        ema_decay=config.train.ema_decay, feature=feature, adapter_apply=adapter_apply,
+        teacher=spec.teacher if spec.distill and not self_distill else None,
+        distill=steps_lib.DistillConfig(
+            config.kd.loss, config.kd.alpha, config.kd.temperature,
+            tuple(sorted(config.kd.params.to_dict().items())),
+            warmup_steps=config.kd.warmup_steps, source=config.kd.source),
+        ema_decay=ema_decay, feature=feature, adapter_apply=adapter_apply,
     )
     eval_step = steps_lib.make_eval_step(
         steps_lib.student_logits_fn(model, use_ema=config.train.ema_decay > 0),
@@ -286,6 +323,16 @@ def load_teacher(directory: str, mesh, strategy: str,
     return model, steps_lib.Teacher.live(model, variables, var_shardings), meta
 
 
+def _evaluate_ema(ctx: Context, state: dict) -> dict[str, float]:
+    """Test metrics of the EMA parameters of a (momentum-distilled) student state."""
+    model = models.build(ctx.config.student.model, num_classes=ctx.num_classes,
+                         **ctx.config.student.model_kwargs)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = steps_lib.make_eval_step(steps_lib.student_logits_fn(model, use_ema=True),
+                                    mesh=ctx.mesh, shardings=shardings)
+    return evaluate(ctx, step, state)
+
+
 # ------------------------------------------------------------------------------------ results
 def _curves(metrics_path: str, names: list[str]) -> dict[str, list[list[tuple[int, float]]]]:
     """Eval-accuracy curves per run group (``kd`` -> one series per seed), from metrics.jsonl."""
@@ -339,32 +386,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t_model, jax.eval_shape(lambda r: state_lib.init_variables(t_model, r, input_shape),
                                     jax.random.PRNGKey(0)), input_shape)
 
-    # Teacher.
-    teacher_dir = config.teacher.init or os.path.join(workdir, "checkpoints", "teacher")
-    if not config.teacher.init:
-        train_run(ctx, RunSpec("teacher", config.teacher.model,
-                               dict(config.teacher.model_kwargs), config.seed,
-                               config.teacher, "config.teacher", config.teacher.optimizer))
-    _, teacher, teacher_meta = load_teacher(teacher_dir, mesh, config.mesh.params, num_classes)
+    # Teacher(s): loaded from config.teacher.init (one path, or several separated by commas), or
+    # trained into the workdir (config.teacher.num_teachers of them, seeds seed, seed + 1, ...).
+    # An EMA teacher (config.kd.source == "ema") is the KD student's own moving average instead.
+    teacher, teacher_meta, member_evals, teacher_dir = None, None, [], ""
+    run_names = []
+    if config.kd.source == "teacher":
+        teacher_dirs = _teacher_inits(config)
+        if not teacher_dirs:
+            for k in range(config.teacher.num_teachers):
+                name = "teacher" if k == 0 else f"teacher_{k}"
+                train_run(ctx, RunSpec(name, config.teacher.model,
+                                       dict(config.teacher.model_kwargs), config.seed + k,
+                                       config.teacher, "config.teacher", config.teacher.optimizer))
+                teacher_dirs.append(os.path.join(workdir, "checkpoints", name))
+                run_names.append(name)
+        members = [load_teacher(d, mesh, config.mesh.params, num_classes) for d in teacher_dirs]
+        teacher_dir = ",".join(teacher_dirs)
+        if len(members) == 1:
+            _, teacher, teacher_meta = members[0]
+        else:
+            teacher = steps_lib.Teacher.ensemble(
+                [t for _, t, _ in members], tuple(config.kd.ensemble.weights) or None,
+                config.kd.ensemble.combine)
+            teacher_meta = dict(members[0][2])
+            teacher_meta["sha256"] = hashlib.sha256(
+                "".join(m["sha256"] for _, _, m in members).encode()).hexdigest()
+            teacher_meta["model"] = "+".join(m["model"] for _, _, m in members)
+            teacher_meta["model_kwargs"] = [m["model_kwargs"] for _, _, m in members]
+            member_evals = [evaluate(ctx, steps_lib.make_eval_step(
+                t.fn, mesh=mesh, shardings=t.shardings), t.variables) for _, t, _ in members]
 
     # Students: from scratch and distilled, same seeds, steps and data order.
     finals: dict[str, list[dict]] = {"scratch": [], "kd": []}
-    run_names = ["teacher"]
+    ema_evals = []
     for i in range(config.num_seeds):
         seed = config.seed + i
         for kind in ("scratch", "kd"):
             name = f"{kind}/seed{seed}"
             run_names.append(name)
             # Both students are evaluated against the teacher (agreement); only one learns from it.
-            _, m = train_run(ctx, RunSpec(
+            state, m = train_run(ctx, RunSpec(
                 name, config.student.model, dict(config.student.model_kwargs), seed,
                 config.train, "config.train", config.optimizer, teacher, distill=kind == "kd",
-                teacher_record={"path": teacher_dir, "sha256": teacher_meta["sha256"]},
+                teacher_record={"path": teacher_dir,
+                                "sha256": teacher_meta["sha256"] if teacher_meta else None},
             ))
             finals[kind].append(m)
-    teacher_eval = evaluate(
-        ctx, steps_lib.make_eval_step(teacher.fn, mesh=mesh, shardings=teacher.shardings),
-        teacher.variables)
+            if kind == "kd" and config.kd.source == "ema":
+                ema_evals.append(_evaluate_ema(ctx, state))
+    if teacher is not None:
+        teacher_eval = evaluate(
+            ctx, steps_lib.make_eval_step(teacher.fn, mesh=mesh, shardings=teacher.shardings),
+            teacher.variables)
+        teacher_label = f"teacher ({teacher_meta['model']})"
+    else:
+        teacher_eval = {"acc": report.mean_std([e["acc"] for e in ema_evals])[0]}
+        teacher_meta = {"step": config.train.steps, "sha256": None, "model": "ema",
+                        "model_kwargs": {}}
+        teacher_label = f"EMA teacher of the KD student ({config.student.model})"
     writer.close()
 
     # Results.
@@ -374,8 +454,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "num_seeds": float(config.num_seeds),
         "wall_time_s": time.time() - t0,
     }
+    for k, e in enumerate(member_evals):
+        results[f"teacher/member{k}/acc"] = e["acc"]
     for kind, ms in finals.items():
         for metric in ("acc", "agreement", "loss"):
+            if metric not in ms[0]:
+                continue  # no agreement without an external teacher
             mean, std = report.mean_std([m[metric] for m in ms])
             results[f"{kind}/{metric}_mean"] = mean
             results[f"{kind}/{metric}_std"] = std
@@ -385,17 +469,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
             "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"],
         })
-        rows = [
-            {"model": f"teacher ({teacher_meta['model']})", "test acc (%)":
-             f"{100 * teacher_eval['acc']:.2f}", "agreement w/ teacher (%)": "100.00"},
-        ]
+        agree = teacher is not None
+        rows = [{"model": f"teacher {k} ({members[k][2]['model']})",
+                 "test acc (%)": f"{100 * e['acc']:.2f}"} for k, e in enumerate(member_evals)]
+        rows.append({"model": teacher_label, "test acc (%)": (
+            f"{100 * teacher_eval['acc']:.2f}" if agree else
+            report.fmt_mean_std([e["acc"] for e in ema_evals]))})
         for kind, label in (("scratch", "student, scratch"), ("kd", "student, KD")):
             rows.append({
                 "model": f"{label} ({config.student.model})",
                 "test acc (%)": report.fmt_mean_std([m["acc"] for m in finals[kind]]),
-                "agreement w/ teacher (%)": report.fmt_mean_std(
-                    [m["agreement"] for m in finals[kind]]),
             })
+            if agree:
+                rows[-1]["agreement w/ teacher (%)"] = report.fmt_mean_std(
+                    [m["agreement"] for m in finals[kind]])
+        if agree:
+            for row in rows[:-2]:
+                row.setdefault("agreement w/ teacher (%)", "")
+            rows[len(member_evals)]["agreement w/ teacher (%)"] = "100.00"
         print(report.format_table(
             rows, title=f"{config.data.name}: {config.num_seeds} seeds x "
                         f"{config.train.steps or config.train.epochs} "
@@ -408,7 +499,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         print(f"results: {os.path.join(workdir, 'results.json')}  "
               f"plot: {os.path.join(workdir, 'accuracy_curves.png')}")
     if jax.process_count() > 1:  # each process reports what it computed, so they can be compared
-        keys = ("teacher/acc", "scratch/acc_mean", "kd/acc_mean", "kd/agreement_mean")
+        keys = [k for k in ("teacher/acc", "scratch/acc_mean", "kd/acc_mean",
+                            "kd/agreement_mean") if k in results]
         print(f"process {jax.process_index()}/{jax.process_count()} results: "
               + " ".join(f"{k}={results[k]:.6f}" for k in keys), flush=True)
     return results
