@@ -7,13 +7,6 @@ on softened probabilities, b = g = 1. T = 4 as in the paper's CIFAR setting (T =
 Same args as ``configs/kd/digits.py``.
 """
 
-from configs.kd import digits
+from configs.kd import _methods, digits
 
-
-def get_config(arg=None):
-    c = digits.get_config(arg)
-    c.kd.loss = "dist"
-    c.kd.temperature = 4.0
-    c.kd.alpha = 0.5
-    c.kd.params = dict(beta=1.0, gamma=1.0)
-    return c
+get_config = _methods.make("dist", digits.get_config)

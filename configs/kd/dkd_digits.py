@@ -7,13 +7,6 @@ and budget, with the distillation term ``T^2 * (a * TCKD + b * NCKD)``, a = 1, b
 Adam's normalisation removes. Same args as ``configs/kd/digits.py``.
 """
 
-from configs.kd import digits
+from configs.kd import _methods, digits
 
-
-def get_config(arg=None):
-    c = digits.get_config(arg)
-    c.kd.loss = "dkd"
-    c.kd.temperature = 4.0
-    c.kd.alpha = 0.5
-    c.kd.params = dict(alpha=1.0, beta=8.0)
-    return c
+get_config = _methods.make("dkd", digits.get_config)

@@ -7,14 +7,6 @@ beta), and no logit KD term (alpha = 0), as in the CRD / RepDistiller benchmark 
 methods. Same args as ``configs/kd/digits.py``.
 """
 
-from configs.kd import digits
+from configs.kd import _methods, digits
 
-
-def get_config(arg=None):
-    c = digits.get_config(arg)
-    c.kd.alpha = 0.0
-    c.kd.feature = dict(
-        student_layers="features", teacher_layers="features",
-        loss="fitnet", weight=100.0, adapter="linear",
-        params={})
-    return c
+get_config = _methods.make("fitnet", digits.get_config)

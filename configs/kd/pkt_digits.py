@@ -7,14 +7,6 @@ logit KD term (alpha = 0), as in the CRD / RepDistiller benchmark for feature me
 ``configs/kd/digits.py``.
 """
 
-from configs.kd import digits
+from configs.kd import _methods, digits
 
-
-def get_config(arg=None):
-    c = digits.get_config(arg)
-    c.kd.alpha = 0.0
-    c.kd.feature = dict(
-        student_layers="features", teacher_layers="features",
-        loss="pkt", weight=30000.0, adapter="none",
-        params={})
-    return c
+get_config = _methods.make("pkt", digits.get_config)

@@ -7,14 +7,6 @@ between the examples' ``features``), weight 1, with the paper's 25/50 inside, an
 ``configs/kd/digits.py``.
 """
 
-from configs.kd import digits
+from configs.kd import _methods, digits
 
-
-def get_config(arg=None):
-    c = digits.get_config(arg)
-    c.kd.alpha = 0.0
-    c.kd.feature = dict(
-        student_layers="features", teacher_layers="features",
-        loss="rkd", weight=1.0, adapter="none",
-        params=dict(distance_weight=25.0, angle_weight=50.0))
-    return c
+get_config = _methods.make("rkd", digits.get_config)

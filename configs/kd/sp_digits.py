@@ -6,14 +6,6 @@ matrices of the ``features``), weight 3000 (CRD benchmark), and no logit KD term
 the CRD / RepDistiller benchmark for feature methods. Same args as ``configs/kd/digits.py``.
 """
 
-from configs.kd import digits
+from configs.kd import _methods, digits
 
-
-def get_config(arg=None):
-    c = digits.get_config(arg)
-    c.kd.alpha = 0.0
-    c.kd.feature = dict(
-        student_layers="features", teacher_layers="features",
-        loss="sp", weight=3000.0, adapter="none",
-        params={})
-    return c
+get_config = _methods.make("sp", digits.get_config)

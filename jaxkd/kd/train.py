@@ -245,7 +245,7 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
         distill=steps_lib.DistillConfig(
             config.kd.loss, config.kd.alpha, config.kd.temperature,
             tuple(sorted(config.kd.params.to_dict().items())),
-            warmup_steps=config.kd.warmup_steps, source=config.kd.source),
+            warmup_steps=config.kd.warmup_steps, source="ema" if self_distill else "teacher"),
         ema_decay=ema_decay, feature=feature, adapter_apply=adapter_apply,
     )
     eval_step = steps_lib.make_eval_step(
@@ -426,8 +426,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             name = f"{kind}/seed{seed}"
             run_names.append(name)
             # Both students are evaluated against the teacher (agreement); only one learns from it.
+            kwargs = dict(config.student.model_kwargs)
+            if kind == "scratch" and config.kd.loss == steps_lib.DEIT:
+                kwargs["distill_token"] = False  # DeiT's baseline: the same ViT without it
             state, m = train_run(ctx, RunSpec(
-                name, config.student.model, dict(config.student.model_kwargs), seed,
+                name, config.student.model, kwargs, seed,
                 config.train, "config.train", config.optimizer, teacher, distill=kind == "kd",
                 teacher_record={"path": teacher_dir,
                                 "sha256": teacher_meta["sha256"] if teacher_meta else None},

@@ -1,0 +1,76 @@
+"""Each KD method's settings, applied on top of a dataset's base config (``digits.py``,
+``mnist1d.py``), so ``configs/kd/<method>_<data>.py`` is the base plus one entry here.
+
+Defaults follow the method cards (../shared/METHODS.md and the papers): logit methods use
+``(1 - alpha) * CE + alpha * term``; feature/relational methods use CE + ``weight`` * term with no
+logit KD (alpha = 0), as in the CRD / RepDistiller benchmark.
+"""
+
+from typing import Callable
+
+import ml_collections
+
+
+def _logit(loss: str, temperature: float, kd_weight: float, **params):
+    def apply(c):
+        c.kd.loss = loss
+        c.kd.temperature = temperature
+        c.kd.alpha = kd_weight
+        c.kd.params = params
+    return apply
+
+
+def _feature(loss: str, weight: float, adapter: str = "none", **params):
+    def apply(c):
+        c.kd.alpha = 0.0
+        c.kd.feature = dict(student_layers="features", teacher_layers="features", loss=loss,
+                            weight=weight, adapter=adapter, params=params)
+    return apply
+
+
+def _function_matching(c):
+    # Beyer et al. 2022: the teacher and the student see the same aggressive view (mixup with
+    # lam ~ Beta(1, 1) here, on top of the base config's crops), the student matches the
+    # teacher's function only (no labels), T = 1. Same budget as the other methods here.
+    c.kd.alpha = 1.0
+    c.kd.temperature = 1.0
+    c.data.augment.mixup_alpha = 1.0
+
+
+def _ensemble(c):
+    # Three teachers (seeds s, s + 1, s + 2), the target is their mean predictive distribution.
+    c.teacher.num_teachers = 3
+    c.kd.ensemble.combine = "mean_probs"
+
+
+def _momentum(c):
+    # ALBEF momentum distillation: no external teacher; the target is the student's own EMA
+    # (momentum 0.995), weight alpha = 0.4 ramped up over the first 10% of training.
+    c.kd.source = "ema"
+    c.kd.momentum = 0.995
+    c.kd.alpha = 0.4
+    c.kd.temperature = 1.0
+    c.kd.warmup_steps = max(1, c.train.steps // 10)
+
+
+METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    "hinton": lambda c: None,
+    "dkd": _logit("dkd", 4.0, 0.5, alpha=1.0, beta=8.0),
+    "dist": _logit("dist", 4.0, 0.5, beta=1.0, gamma=1.0),
+    "fitnet": _feature("fitnet", 100.0, adapter="linear"),
+    "rkd": _feature("rkd", 1.0, distance_weight=25.0, angle_weight=50.0),
+    "pkt": _feature("pkt", 30000.0),
+    "sp": _feature("sp", 3000.0),
+    "fm": _function_matching,
+    "ensemble": _ensemble,
+    "momentum": _momentum,
+}
+
+
+def make(method: str, base: Callable) -> Callable:
+    """``get_config(arg)`` of ``base`` with ``method``'s settings applied."""
+    def get_config(arg=None):
+        c = base(arg)
+        METHODS[method](c)
+        return c
+    return get_config
