@@ -45,10 +45,12 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     # ``warmup_steps``: the distillation weight ramps from 0 to alpha over these steps.
     # ``source``: "teacher" (config.teacher) or "ema" (momentum distillation: the teacher is the
     # student's own EMA with ``momentum``, ALBEF).
+    # ``influence_scale``: > 0 turns on KD-AIF's per-example weights sigmoid(scale * z) of the
+    # distillation term (z: standardised first-order influence; jaxkd.kd.steps).
     # ``ensemble``: how several teachers combine: "mean_probs", "mean_logits" or "per_teacher"
     # (the loss against each, weighted); ``weights`` () = uniform.
     c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha, params={}, warmup_steps=0,
-                source="teacher", momentum=0.995,
+                source="teacher", momentum=0.995, influence_scale=0.0,
                 ensemble=dict(combine="mean_probs", weights=()))
     # An optional feature / relational term added with ``weight`` (loss "" = none): layers are
     # names the models sow ("features", "stage1", ...; comma-separated pairs for several).

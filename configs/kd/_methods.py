@@ -53,6 +53,12 @@ def _momentum(c):
     c.kd.warmup_steps = max(1, c.train.steps // 10)
 
 
+def _influence(c):
+    # KD-AIF: Hinton KD with each example's term weighted by sigmoid(z), z its standardised
+    # first-order influence on the labelled loss (jaxkd.kd.steps.influence_kd_weights).
+    c.kd.influence_scale = 1.0
+
+
 METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "hinton": lambda c: None,
     "dkd": _logit("dkd", 4.0, 0.5, alpha=1.0, beta=8.0),
@@ -64,6 +70,7 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "fm": _function_matching,
     "ensemble": _ensemble,
     "momentum": _momentum,
+    "kdaif": _influence,
 }
 
 

@@ -8,7 +8,7 @@ runs=${1:-runs}
 py=${PYTHON:-.venv/bin/python}
 teacher="$runs/kd_digits/checkpoints/teacher"
 [ -d "$teacher" ] || $py -m experiments.kd --config configs/kd/digits.py --workdir "$runs/kd_digits"
-for method in hinton dkd dist fitnet rkd pkt sp; do
+for method in hinton dkd dist fitnet rkd pkt sp fm ensemble momentum kdaif deit; do
   cfg=configs/kd/${method}_digits.py
   [ "$method" = hinton ] && cfg=configs/kd/digits.py
   $py -m experiments.kd --config "$cfg:seeds=5" --workdir "$runs/kd_methods_digits/$method" \
@@ -19,7 +19,8 @@ import json, os, sys
 root = sys.argv[1]
 print("| method | teacher acc (%) | scratch acc (%) | KD acc (%) | KD - scratch | agreement (%) |")
 print("|---|---|---|---|---|---|")
-for name in ("hinton", "dkd", "dist", "fitnet", "rkd", "pkt", "sp"):
+for name in ("hinton", "dkd", "dist", "fitnet", "rkd", "pkt", "sp", "fm", "ensemble", "momentum",
+             "kdaif", "deit"):
     r = json.load(open(os.path.join(root, name, "results.json")))
     s, k = r["scratch/acc_mean"], r["kd/acc_mean"]
     print(f"| {name} | {100*r['teacher/acc']:.2f} | {100*s:.2f} +- {100*r['scratch/acc_std']:.2f} | "

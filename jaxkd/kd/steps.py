@@ -121,12 +121,42 @@ class DistillConfig:
     # "teacher": the given teacher; "ema": the student's own EMA (momentum distillation, ALBEF;
     # the state's ``ema_params`` with the step's ``ema_decay`` as momentum).
     source: str = "teacher"
+    # KD-AIF: > 0 weights each example's distillation term by sigmoid(scale * z), z its
+    # standardised influence score (see :func:`influence_kd_weights`); 0 = off.
+    influence_scale: float = 0.0
 
 
 # DeiT: the student is a ViT with a distillation token; its CLS head learns from the labels and
 # its distillation head (sown as ``dist_logits``) from the teacher; ``params`` may set ``kind``
 # ("hard": the teacher's argmax, "soft": KL at the temperature).
 DEIT = "deit"
+
+
+def influence_kd_weights(logits: jax.Array, features: jax.Array, kd_of_logits: Callable,
+                         batch: dict, scale: float) -> jax.Array:
+    """KD-AIF per-example weights of the distillation term, ``[B]`` in ``(0, 1)``.
+
+    The influence of example ``i``'s distillation term on the labelled objective is approximated
+    to first order in the student's last (classifier) layer: ``score_i = <g_i, g_ref>`` with
+    ``g_i`` the gradient of example ``i``'s distillation loss and ``g_ref`` the gradient of the
+    batch's cross-entropy with the true labels, both w.r.t. the classifier's weights and bias.
+    For a linear head ``z = W h + b`` the per-example gradient is ``outer(dl/dz_i, [h_i, 1])``,
+    so no per-example backward pass is needed. This is the gradient-alignment (TracIn) form of
+    the influence function with the Hessian replaced by the identity, and the batch's labelled
+    loss in place of a held-out set: teacher targets that pull the head the way the labels do
+    get more weight, those that pull against them less. Scores are standardised and squashed by
+    :func:`jaxkd.losses.influence_weights`.
+    """
+    z = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    h = jax.lax.stop_gradient(features).astype(jnp.float32)
+    h1 = jnp.concatenate([h.reshape(h.shape[0], -1), jnp.ones((h.shape[0], 1), h.dtype)], -1)
+    g_kd = jax.grad(kd_of_logits)(z)  # row i: d(kd)/dz_i, up to a positive per-batch factor
+    g_ce = jax.grad(lambda zz: _ce(zz, batch))(z)
+    per_example = jnp.einsum("bc,bh->bch", g_kd, h1).reshape(z.shape[0], -1)
+    reference = jnp.einsum("bc,bh->ch", g_ce, h1).reshape(-1)
+    # The first-order change of the labelled loss after a step on example i is -lr * score_i,
+    # so a positive score marks a helpful example.
+    return losses.influence_weights(per_example, reference, scale=scale, mask=batch["mask"])
 
 
 def _model_vars(params: Any, batch_stats: Any) -> dict:
@@ -210,9 +240,16 @@ def make_train_step(
                 train=False))
         ramp = (jnp.minimum(1.0, (state["step"] + 1) / distill.warmup_steps)
                 if distill.warmup_steps else 1.0)
-        # Optional per-example weights of the distillation term (class re-weighting, influence
-        # weights): the term becomes the kd_weight-weighted mean over the batch.
         kd_mask = batch["mask"] * batch["kd_weight"] if "kd_weight" in batch else batch["mask"]
+        if distill.influence_scale and t_logits is not None:
+            z0, inter0 = model.apply(_model_vars(state["params"], state["batch_stats"]),
+                                     batch["image"], train=False, mutable=["intermediates"])
+            kd_mask = kd_mask * influence_kd_weights(
+                z0, inter0["intermediates"]["features"][0],
+                lambda z: distill_term(z, t_all, t_logits, batch, batch["mask"], {}), batch,
+                distill.influence_scale)
+        # Optional per-example weights of the distillation term (class re-weighting, influence
+        # weights): the term becomes the kd_weight-weighted mean over the batch (kd_mask above).
         has_aux = "aux_params" in state
         trainable = ({"model": state["params"], "aux": state["aux_params"]} if has_aux
                      else state["params"])
@@ -264,6 +301,8 @@ def make_train_step(
         pred = jnp.argmax(logits, -1)
         metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
                    "acc": jnp.sum((pred == batch["label"]) * mask) / denom}
+        if distill.influence_scale and t_logits is not None:
+            metrics["kd_weight_mean"] = jnp.sum(kd_mask) / denom
         if t_logits is not None:
             metrics["agreement"] = jnp.sum((pred == jnp.argmax(t_logits, -1)) * mask) / denom
         return new_state, metrics

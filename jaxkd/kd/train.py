@@ -77,6 +77,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.kd.ensemble.weights={weights} must be {n_teachers} non-negative numbers (one "
             f"per teacher), not all 0; () means uniform")
+    if config.kd.influence_scale < 0:
+        raise ValueError(f"config.kd.influence_scale={config.kd.influence_scale} must be >= 0 "
+                         f"(0 = no KD-AIF weighting)")
+    if config.kd.influence_scale and config.kd.loss == steps_lib.DEIT:
+        raise ValueError("config.kd.influence_scale (KD-AIF) weights logit losses; it does not "
+                         "apply to config.kd.loss='deit'")
     if config.kd.warmup_steps < 0:
         raise ValueError(f"config.kd.warmup_steps={config.kd.warmup_steps} must be >= 0")
     if config.kd.feature.loss:
@@ -245,7 +251,8 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
         distill=steps_lib.DistillConfig(
             config.kd.loss, config.kd.alpha, config.kd.temperature,
             tuple(sorted(config.kd.params.to_dict().items())),
-            warmup_steps=config.kd.warmup_steps, source="ema" if self_distill else "teacher"),
+            warmup_steps=config.kd.warmup_steps, source="ema" if self_distill else "teacher",
+            influence_scale=config.kd.influence_scale),
         ema_decay=ema_decay, feature=feature, adapter_apply=adapter_apply,
     )
     eval_step = steps_lib.make_eval_step(

@@ -162,3 +162,49 @@ def test_deit_distillation_token_learns_from_the_teacher(kind):
     _, m = step(state, glob(batch))
     np.testing.assert_allclose(m["kd"], kd, rtol=1e-4)
     np.testing.assert_allclose(m["ce"], _np_ce(cls, batch["label"], mask), rtol=1e-4)
+
+
+def test_influence_weights_match_naive_per_example_head_gradients():
+    (_, _, teacher), = _teachers(k=1)
+    student = models.build("mlp", num_classes=5, hidden=(16,))
+    distill = steps_lib.DistillConfig("hinton", ALPHA, T, influence_scale=1.5)
+    build, step, glob, batch = _setup(student, (6,), teacher=teacher, distill=distill)
+    state = build()
+    params = state["params"]
+    t = np.asarray(teacher.fn(teacher.variables, batch), np.float64)
+    mask = batch["mask"]
+
+    # Naive: per-example gradients of the head's weights and bias by autodiff, one example at a
+    # time, and the gradient of the batch CE; then standardise and squash in NumPy.
+    def head_grad(loss_of_logits):
+        def f(head):
+            p = dict(params, head=head)
+            return loss_of_logits(student.apply({"params": p}, batch["image"], train=False))
+        g = jax.grad(f)(params["head"])
+        return np.concatenate([np.ravel(g["kernel"]), np.ravel(g["bias"])])
+
+    import jax.numpy as jnp
+    from jaxkd import losses
+    per = np.stack([head_grad(lambda z, i=i: losses.hinton_kd_loss(
+        z[i:i + 1], jnp.asarray(t[i:i + 1], jnp.float32), temperature=T)) for i in range(8)])
+    ref = head_grad(lambda z: losses.softmax_cross_entropy(z, batch["label"], mask=mask))
+    scores = per @ ref
+    m = mask.astype(bool)
+    zs = (scores - scores[m].mean()) / scores[m].std()
+    expected = np.where(m, 1 / (1 + np.exp(-1.5 * zs)), 0.0)
+
+    logits, inter = student.apply({"params": params}, batch["image"], train=False,
+                                  mutable=["intermediates"])
+    got = steps_lib.influence_kd_weights(
+        logits, inter["intermediates"]["features"][0],
+        lambda z: losses.hinton_kd_loss(z, t.astype(np.float32), temperature=T, mask=mask),
+        batch, 1.5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+    # The step's distillation term is the weighted mean with those weights.
+    s = _student_logits(student, state, batch["image"])
+    lp, lq = _np_log_softmax(t / T), _np_log_softmax(s / T)
+    kl = T ** 2 * (np.exp(lp) * (lp - lq)).sum(-1)
+    _, metrics = step(state, glob(batch))
+    np.testing.assert_allclose(metrics["kd"], (kl * expected).sum() / expected.sum(), rtol=1e-4)
+    np.testing.assert_allclose(metrics["kd_weight_mean"], expected.sum() / mask.sum(), rtol=1e-4)

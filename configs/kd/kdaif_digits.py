@@ -1,0 +1,12 @@
+"""python -m experiments.kd --config configs/kd/kdaif_digits.py --workdir runs/kd_kdaif_digits  # ~2 min on a 2-core CPU
+
+KD-AIF (influence-weighted KD) on digits: ``configs/kd/digits.py``'s Hinton KD with each example's
+distillation term weighted by sigmoid(z), z the batch-standardised first-order influence of that
+term on the labelled loss, computed in the student's classifier layer
+(``jaxkd.kd.steps.influence_kd_weights``: gradient alignment, identity Hessian, the batch's
+labelled loss as the reference). Same args as ``configs/kd/digits.py``.
+"""
+
+from configs.kd import _methods, digits
+
+get_config = _methods.make("kdaif", digits.get_config)
