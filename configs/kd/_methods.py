@@ -67,6 +67,9 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "rkd": _feature("rkd", 1.0, distance_weight=25.0, angle_weight=50.0),
     "pkt": _feature("pkt", 30000.0),
     "sp": _feature("sp", 3000.0),
+    # CRD: weight 0.8, 128-d heads, T = 0.07, bank momentum 0.5; the paper's 16384 negatives
+    # are capped at N - 1 on small datasets.
+    "crd": _feature("crd", 0.8, dim=128, num_negatives=16384, temperature=0.07, momentum=0.5),
     "fm": _function_matching,
     "ensemble": _ensemble,
     "momentum": _momentum,

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from jaxkd import losses
 from jaxkd.core import errors, loop, sharding
+from jaxkd.kd import crd as crd_lib
 from jaxkd.kd import features as features_lib
 
 TeacherFn = Callable[[Any, dict], jax.Array]
@@ -186,6 +187,7 @@ def make_train_step(
     ema_decay: float = 0.0,
     feature: features_lib.FeatureTerm | None = None,
     adapter_apply: Callable[[dict, list], list] | None = None,
+    crd: crd_lib.CRDSpec | None = None,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """Builds ``step(state, batch) -> (state, metrics)``, jitted with shardings and donation.
 
@@ -195,7 +197,10 @@ def make_train_step(
     ``(1 - alpha) * CE + alpha * distill_loss(student, teacher)``, plus
     ``feature.weight * feature_loss(student layers (adapted), teacher layers)`` when a feature
     term is given. A state with ``aux_params`` (the adapters) trains them together with the
-    student: the optimizer sees ``{"model": params, "aux": aux_params}``.
+    student: the optimizer sees ``{"model": params, "aux": aux_params}``. With ``crd`` the
+    feature term (``loss="crd"``, one layer pair) is CRD: ``aux_params`` are its two projection
+    heads, ``state["crd"]`` its memory banks, and ``batch["index"]`` the examples' indices
+    (:mod:`jaxkd.kd.crd`).
     """
     self_teacher = distill.source == "ema"
     if self_teacher and (teacher is not None or not ema_decay):
@@ -225,6 +230,7 @@ def make_train_step(
 
     def step(state: dict, batch: dict, teacher_vars: Any) -> tuple[dict, dict]:
         t_logits, t_feats, t_all = None, None, None
+        contrast = crd_lib.negatives(crd, state["rng"], batch["index"]) if crd else None
         if feature is not None:
             t_logits, t_inter = teacher.logits_and_intermediates(teacher_vars, batch)
             t_logits = jax.lax.stop_gradient(t_logits)
@@ -268,18 +274,23 @@ def make_train_step(
                                   updates.get("intermediates", {}))
                 loss = (1.0 - distill.alpha) * ce + distill.alpha * ramp * kd
                 aux["kd"] = kd
+            crd_carry = None
             if feature is not None:
                 s_feats = features_lib.pick(updates["intermediates"], feature.student_layers)
-                if adapter_apply is not None:
-                    s_feats = adapter_apply(trainable["aux"], s_feats)
-                feat = features_lib.feature_loss(feature, s_feats, t_feats, batch["mask"])
+                if crd is not None:
+                    feat, crd_carry = crd_lib.loss(crd, trainable["aux"], state["crd"],
+                                                   s_feats[0], t_feats[0], batch["index"],
+                                                   contrast, batch["mask"])
+                else:
+                    if adapter_apply is not None:
+                        s_feats = adapter_apply(trainable["aux"], s_feats)
+                    feat = features_lib.feature_loss(feature, s_feats, t_feats, batch["mask"])
                 loss = loss + feature.weight * feat
                 aux["feat"] = feat
-            return loss, (logits, updates.get("batch_stats", {}), aux)
+            return loss, (logits, updates.get("batch_stats", {}), aux, crd_carry)
 
-        (loss, (logits, new_bs, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable
-        )
+        (loss, (logits, new_bs, aux, crd_carry)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         new_trainable = optax.apply_updates(trainable, updates)
         params = new_trainable["model"] if has_aux else new_trainable
@@ -288,6 +299,9 @@ def make_train_step(
                          opt_state=opt_state, rng=new_rng)
         if has_aux:
             new_state["aux_params"] = new_trainable["aux"]
+        if crd is not None:
+            new_state["crd"] = crd_lib.update(crd, state["crd"], crd_carry, batch["index"],
+                                              batch["mask"])
         if ema_decay:
             new_state["ema_params"] = jax.tree.map(
                 lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema_params"], params

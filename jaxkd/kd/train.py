@@ -33,6 +33,7 @@ from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import config_args, errors, loop, optim, report, sharding
 from jaxkd.core import state as state_lib
 from jaxkd.core.metrics import MetricWriter, read_metrics
+from jaxkd.kd import crd as crd_lib
 from jaxkd.kd import features as features_lib
 from jaxkd.kd import steps as steps_lib
 
@@ -87,7 +88,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.kd.warmup_steps={config.kd.warmup_steps} must be >= 0")
     if config.kd.feature.loss:
         config_args.check_choice("config.kd.feature.loss", config.kd.feature.loss,
-                                 losses.FEATURE_LOSSES)
+                                 (*losses.FEATURE_LOSSES, crd_lib.NAME))
     config_args.check_choice("config.train.on_nonfinite", config.train.on_nonfinite,
                              ("stop", "skip"))
     for key in ("student", "teacher"):
@@ -166,12 +167,12 @@ def _augment(config, train: bool) -> data_lib.AugmentConfig:
     )
 
 
-def _pipeline(ctx: Context, src, *, seed: int, train: bool):
+def _pipeline(ctx: Context, src, *, seed: int, train: bool, with_index: bool = False):
     return data_lib.make_pipeline(
         src, global_batch_size=ctx.config.train.batch_size, seed=seed, train=train,
         augment=_augment(ctx.config, train),
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_epochs=None if train else 1,
+        num_epochs=None if train else 1, with_index=with_index,
     )
 
 
@@ -198,8 +199,9 @@ def evaluate(ctx: Context, eval_step, variables) -> dict[str, float]:
     return steps_lib.summarize_eval(sums)
 
 
-def _feature_term(config, model, teacher_model, teacher_vars, input_shape):
-    """The configured feature term, checked against the models' sown layers, and its adapters.
+def _feature_term(config, model, teacher_model, teacher_vars, input_shape, num_data):
+    """The configured feature term, checked against the models' sown layers, and its adapters:
+    ``(term, aux_init, adapter_apply)``, or ``(term, aux_init, CRDSpec)`` for CRD.
 
     ``teacher_vars`` may be arrays or ``ShapeDtypeStruct``s (to check a config before the teacher
     is trained).
@@ -218,6 +220,18 @@ def _feature_term(config, model, teacher_model, teacher_vars, input_shape):
                             jax.random.PRNGKey(0))
     s_shapes = features_lib.intermediate_shapes(model, s_vars, input_shape)
     t_shapes = features_lib.intermediate_shapes(teacher_model, teacher_vars, input_shape)
+    if term.loss == crd_lib.NAME:
+        if len(term.student_layers) != 1 or len(term.teacher_layers) != 1:
+            raise errors.ConfigError("config.kd.feature.loss='crd' takes one student and one "
+                                     "teacher layer")
+        features_lib.check_layers(dataclasses.replace(term, adapter="none"), s_shapes, t_shapes)
+        if term.adapter != "none":
+            raise errors.ConfigError("CRD learns its own projection heads; set "
+                                     "config.kd.feature.adapter='none'")
+        spec = crd_lib.spec_from_params(dict(term.params), num_data)
+        init = crd_lib.aux_init(spec, s_shapes[term.student_layers[0]],
+                                t_shapes[term.teacher_layers[0]])
+        return dataclasses.replace(term, params=()), init, spec
     features_lib.check_layers(term, s_shapes, t_shapes)
     aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
     features_lib.check_loss_accepts(term, s_shapes, t_shapes, aux_init, adapter_apply)
@@ -232,16 +246,25 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     total = optim.resolve_steps(spec.steps_cfg.steps, spec.steps_cfg.epochs, steps_per_epoch,
                                 spec.steps_key)
     tx = optim.make_optimizer(spec.optimizer, total)
-    pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True)
+    use_crd = spec.distill and config.kd.feature.loss == crd_lib.NAME
+    pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True, with_index=use_crd)
     input_shape = tuple(pipeline.output_shape)
-    feature, aux_init, adapter_apply = None, None, None
+    feature, aux_init, adapter_apply, crd = None, None, None, None
     if spec.distill and config.kd.feature.loss:
         feature, aux_init, adapter_apply = _feature_term(
-            config, model, spec.teacher.model, spec.teacher.variables, input_shape)
+            config, model, spec.teacher.model, spec.teacher.variables, input_shape,
+            len(ctx.train_src))
+        if use_crd:
+            crd, adapter_apply = adapter_apply, None
     self_distill = spec.distill and config.kd.source == "ema"
     ema_decay = config.kd.momentum if self_distill else config.train.ema_decay
     init_fn = state_lib.make_init_fn(model, tx, input_shape, ema=ema_decay > 0,
                                      aux_init=aux_init)
+    if crd is not None:
+        base_init = init_fn
+
+        def init_fn(rng):  # noqa: F811 - the base state plus CRD's memory banks
+            return dict(base_init(rng), crd=crd_lib.state_init(crd, jax.random.fold_in(rng, 2)))
     build, abstract, shardings = state_lib.create_sharded(
         init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
     )
@@ -253,7 +276,7 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
             tuple(sorted(config.kd.params.to_dict().items())),
             warmup_steps=config.kd.warmup_steps, source="ema" if self_distill else "teacher",
             influence_scale=config.kd.influence_scale),
-        ema_decay=ema_decay, feature=feature, adapter_apply=adapter_apply,
+        ema_decay=ema_decay, feature=feature, adapter_apply=adapter_apply, crd=crd,
     )
     eval_step = steps_lib.make_eval_step(
         steps_lib.student_logits_fn(model, use_ema=config.train.ema_decay > 0),
@@ -391,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config, models.build(config.student.model, num_classes=num_classes,
                                  **config.student.model_kwargs),
             t_model, jax.eval_shape(lambda r: state_lib.init_variables(t_model, r, input_shape),
-                                    jax.random.PRNGKey(0)), input_shape)
+                                    jax.random.PRNGKey(0)), input_shape, len(train_src))
 
     # Teacher(s): loaded from config.teacher.init (one path, or several separated by commas), or
     # trained into the workdir (config.teacher.num_teachers of them, seeds seed, seed + 1, ...).

@@ -558,8 +558,8 @@ def crd_update_memory(
             f"{indices.dtype} {tuple(indices.shape)}"
         )
     valid = _example_weights(fn, mask, emb.shape[0]) != 0
-    memory = jax.lax.stop_gradient(memory).astype(jnp.float32)
-    e = _l2_normalize(_zero_masked(jax.lax.stop_gradient(emb), valid))
+    memory = jax.lax.stop_gradient(jnp.asarray(memory, jnp.float32))
+    e = _l2_normalize(_zero_masked(jax.lax.stop_gradient(jnp.asarray(emb)), valid))
     rows = momentum * memory[indices] + (1.0 - momentum) * e
     rows = _l2_normalize(rows)
     # Excluded examples scatter to an out-of-range row, which mode="drop" discards.
