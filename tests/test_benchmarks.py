@@ -34,3 +34,14 @@ def test_kd_methods_benchmark_prints_a_ratio_per_method():
                                                       "rkd", "pkt", "sp", "ickd", "cc")} | {
         "cached_over_ce"}
     assert out["hinton_over_hinton"] == 1.0
+
+
+def test_cache_step_benchmark_prints_its_ratios(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "benchmarks/cache_step.py", "--smoke", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["cached_over_ce"] > 0 and out["live_over_ce"] > 0 and out["bytes_per_example"] > 0
+    assert out["devices"] == 2

@@ -31,6 +31,10 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     # "" = train ``num_teachers`` teachers in the workdir (seeds seed, seed + 1, ...).
     c.teacher.init = ""
     c.teacher.num_teachers = 1
+    # Cached teacher outputs (dataset reinforcement): num_samples > 0 runs the teacher once over
+    # that many augmentations per training example and stores its top_k (0 = all) outputs in
+    # ``dir`` (default workdir/teacher_cache); KD students then train from the cache.
+    c.teacher.cache = dict(num_samples=0, top_k=0, dir="", dtype="float32")
     c.teacher.model = teacher
     c.teacher.model_kwargs = teacher_kwargs
     c.teacher.steps = teacher_steps

@@ -129,7 +129,8 @@ def shapes_signature(tree: Any) -> dict[str, list[int]]:
 
 
 def check_meta(found: dict, expected: dict, directory: str,
-               keys=("model", "model_kwargs", "num_classes", "teacher_sha256")) -> None:
+               keys=("model", "model_kwargs", "num_classes", "teacher_sha256",
+                     "teacher_cache")) -> None:
     """Raises :class:`CheckpointMismatchError` if ``found`` differs from ``expected`` on ``keys``."""
     diffs = [k for k in keys if found.get(k) != expected.get(k)]
     if not diffs and found.get("param_shapes") != expected.get("param_shapes"):

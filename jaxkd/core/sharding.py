@@ -127,8 +127,14 @@ def with_shardings(shapes: Any, shardings: Any) -> Any:
 
 
 def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's slice of the batch into globally sharded arrays."""
+    """Assembles each process's slice of the batch into globally sharded arrays.
+
+    With one process the local batch is the global one: a single ``device_put`` of the whole
+    dict (one transfer call instead of one per key, which matters for small CPU steps).
+    """
     sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put({k: np.asarray(v) for k, v in local_batch.items()}, sharding)
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
         for k, v in local_batch.items()

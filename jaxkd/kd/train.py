@@ -33,6 +33,7 @@ from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import config_args, errors, loop, optim, report, sharding
 from jaxkd.core import state as state_lib
 from jaxkd.core.metrics import MetricWriter, read_metrics
+from jaxkd.kd import cache as cache_lib
 from jaxkd.kd import crd as crd_lib
 from jaxkd.kd import features as features_lib
 from jaxkd.kd import steps as steps_lib
@@ -84,6 +85,15 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if config.kd.influence_scale and config.kd.loss == steps_lib.DEIT:
         raise ValueError("config.kd.influence_scale (KD-AIF) weights logit losses; it does not "
                          "apply to config.kd.loss='deit'")
+    cache = config.teacher.cache
+    if cache.num_samples < 0 or cache.top_k < 0:
+        raise ValueError(f"config.teacher.cache.num_samples={cache.num_samples} and top_k="
+                         f"{cache.top_k} must be >= 0 (num_samples 0 = no cache, top_k 0 = all "
+                         f"classes)")
+    if cache.num_samples and (config.kd.feature.loss or config.kd.source != "teacher"):
+        raise ValueError("config.teacher.cache stores the teacher's logits only: it cannot feed "
+                         "config.kd.feature or an EMA teacher; set config.teacher.cache."
+                         "num_samples=0")
     if config.kd.warmup_steps < 0:
         raise ValueError(f"config.kd.warmup_steps={config.kd.warmup_steps} must be >= 0")
     if config.kd.feature.loss:
@@ -140,6 +150,7 @@ class RunSpec:
     teacher: steps_lib.Teacher | None = None  # evaluated against (agreement) when given
     distill: bool = False  # train against ``teacher`` too
     teacher_record: dict | None = None  # {"path", "sha256"} of the teacher, kept in the meta
+    cache: Any = None  # a jaxkd.kd.cache.Cache: distil from stored teacher outputs instead
 
 
 @dataclasses.dataclass
@@ -189,6 +200,7 @@ def _meta(spec: RunSpec, num_classes: int, abstract_state: Any, total_steps: int
         # resuming it with another teacher is refused by ``check_meta``.
         "teacher_path": (spec.teacher_record or {}).get("path") if spec.distill else None,
         "teacher_sha256": (spec.teacher_record or {}).get("sha256") if spec.distill else None,
+        "teacher_cache": (spec.cache.path if spec.distill and spec.cache is not None else None),
     }
 
 
@@ -247,7 +259,15 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
                                 spec.steps_key)
     tx = optim.make_optimizer(spec.optimizer, total)
     use_crd = spec.distill and config.kd.feature.loss == crd_lib.NAME
-    pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True, with_index=use_crd)
+    from_cache = spec.distill and spec.cache is not None
+    if from_cache:  # the stored augmentations, replayed, with the teacher's stored outputs
+        pipeline = cache_lib.make_cache_pipeline(
+            spec.cache, ctx.train_src, global_batch_size=config.train.batch_size,
+            seed=spec.seed, process_index=jax.process_index(),
+            process_count=jax.process_count())
+    else:
+        pipeline = _pipeline(ctx, ctx.train_src, seed=spec.seed, train=True,
+                             with_index=use_crd)
     input_shape = tuple(pipeline.output_shape)
     feature, aux_init, adapter_apply, crd = None, None, None, None
     if spec.distill and config.kd.feature.loss:
@@ -270,7 +290,8 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     )
     train_step = steps_lib.make_train_step(
         model, tx, mesh=ctx.mesh, state_shardings=shardings,
-        teacher=spec.teacher if spec.distill and not self_distill else None,
+        teacher=(cache_lib.cached_teacher(ctx.num_classes) if from_cache else spec.teacher)
+        if spec.distill and not self_distill else None,
         distill=steps_lib.DistillConfig(
             config.kd.loss, config.kd.alpha, config.kd.temperature,
             tuple(sorted(config.kd.params.to_dict().items())),
@@ -351,6 +372,29 @@ def load_teacher(directory: str, mesh, strategy: str,
     meta["step"] = step
     meta["sha256"] = ckpt_lib.params_hash(variables)
     return model, steps_lib.Teacher.live(model, variables, var_shardings), meta
+
+
+def _teacher_cache(ctx: Context, teacher: steps_lib.Teacher, teacher_meta: dict):
+    """Loads ``config.teacher.cache.dir`` (default ``workdir/teacher_cache``), building it first
+    when it does not exist; a cache built for another teacher, dataset or augmentation is
+    refused with a message naming the mismatch."""
+    c = ctx.config.teacher.cache
+    path = c.dir or os.path.join(ctx.workdir, "teacher_cache")
+    augment = _augment(ctx.config, True)
+    top_k = c.top_k or ctx.num_classes
+    if not os.path.exists(path):
+        manifest = cache_lib.build_cache(
+            path, teacher=teacher, source=ctx.train_src, augment=augment,
+            num_samples=c.num_samples, top_k=top_k, seed=ctx.config.seed,
+            batch_size=ctx.config.train.batch_size, mesh=ctx.mesh,
+            teacher_sha256=teacher_meta["sha256"], dtype=c.dtype,
+            progress=ctx.config.train.progress)
+        if jax.process_index() == 0:
+            print(f"teacher cache: {path} ({manifest.get('bytes_per_example', 0):.0f} bytes per "
+                  f"example)", flush=True)
+    return cache_lib.load_cache(path, source=ctx.train_src, teacher_sha256=teacher_meta["sha256"],
+                                num_classes=ctx.num_classes, augment=augment,
+                                num_samples=c.num_samples, top_k=top_k)
 
 
 def _evaluate_ema(ctx: Context, state: dict) -> dict[str, float]:
@@ -447,6 +491,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             member_evals = [evaluate(ctx, steps_lib.make_eval_step(
                 t.fn, mesh=mesh, shardings=t.shardings), t.variables) for _, t, _ in members]
 
+    # Cached teacher outputs (dataset reinforcement): the teacher runs once over
+    # config.teacher.cache.num_samples augmentations of every training example; the KD students
+    # then read its stored top-k outputs instead of running it.
+    cache = None
+    if config.teacher.cache.num_samples:
+        cache = _teacher_cache(ctx, teacher, teacher_meta)
+
     # Students: from scratch and distilled, same seeds, steps and data order.
     finals: dict[str, list[dict]] = {"scratch": [], "kd": []}
     ema_evals = []
@@ -464,6 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 config.train, "config.train", config.optimizer, teacher, distill=kind == "kd",
                 teacher_record={"path": teacher_dir,
                                 "sha256": teacher_meta["sha256"] if teacher_meta else None},
+                cache=cache,
             ))
             finals[kind].append(m)
             if kind == "kd" and config.kd.source == "ema":

@@ -298,3 +298,27 @@ def test_fitnet_feature_distillation_end_to_end_with_resume(tmp_path):
         str(tmp_path / "checkpoints" / "scratch_seed0"), read_only=True).restore_raw()
     again = train.train_and_evaluate(c, str(tmp_path))
     assert again["kd/acc_mean"] == first["kd/acc_mean"]
+
+
+def test_students_distil_from_a_teacher_cache_on_disk(tmp_path):
+    workdir = str(tmp_path / "w")
+    cfg = _smoke(**{"teacher.cache.num_samples": 2, "teacher.cache.top_k": 3,
+                    "data.augment.random_crop_padding": 1, "train.steps": 200})
+    out = train.train_and_evaluate(cfg, workdir)
+    manifest = json.load(open(os.path.join(workdir, "teacher_cache", "manifest.json")))
+    assert (manifest["num_samples"], manifest["top_k"], manifest["num_examples"]) == (2, 3, 1437)
+    assert out["kd/acc_mean"] > 0.6  # it learned from the stored outputs (chance: 0.1)
+    meta = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "kd_seed0"),
+                                 read_only=True).read_meta(200)
+    assert meta["teacher_cache"] == os.path.join(workdir, "teacher_cache")
+    # A cache that does not match the config (here: 4 samples asked, 2 stored) is refused.
+    with pytest.raises(errors.ConfigError, match="num_samples"):
+        train.train_and_evaluate(_smoke(**{"teacher.cache.num_samples": 4,
+                                           "teacher.cache.top_k": 3, "train.steps": 200,
+                                           "data.augment.random_crop_padding": 1}), workdir)
+    # An empty cache directory is refused with the way to rebuild it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(errors.ConfigError, match="manifest"):
+        train.train_and_evaluate(_smoke(**{"teacher.cache.num_samples": 2,
+                                           "teacher.cache.dir": str(empty)}), str(tmp_path / "x"))
