@@ -51,10 +51,12 @@ def kd_config(*, seed: int, num_seeds: int, dataset: str, teacher: str, teacher_
     # student's own EMA with ``momentum``, ALBEF).
     # ``influence_scale``: > 0 turns on KD-AIF's per-example weights sigmoid(scale * z) of the
     # distillation term (z: standardised first-order influence; jaxkd.kd.steps).
+    # ``self_distill_steps``: > 0 adds DWPose's second stage: the finished KD student teaches
+    # itself for that many steps, only its ``head`` trains (results ``kd_self/...``).
     # ``ensemble``: how several teachers combine: "mean_probs", "mean_logits" or "per_teacher"
     # (the loss against each, weighted); ``weights`` () = uniform.
     c.kd = dict(loss="hinton", temperature=temperature, alpha=alpha, params={}, warmup_steps=0,
-                source="teacher", momentum=0.995, influence_scale=0.0,
+                source="teacher", momentum=0.995, influence_scale=0.0, self_distill_steps=0,
                 ensemble=dict(combine="mean_probs", weights=()))
     # An optional feature / relational term added with ``weight`` (loss "" = none): layers are
     # names the models sow ("features", "stage1", ...; comma-separated pairs for several).

@@ -59,6 +59,12 @@ def _influence(c):
     c.kd.influence_scale = 1.0
 
 
+def _head_self_distillation(c):
+    # DWPose's two stages: Hinton KD from the teacher, then the student teaches itself for a
+    # fifth more steps with only its head trained.
+    c.kd.self_distill_steps = max(1, c.train.steps // 5)
+
+
 METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "hinton": lambda c: None,
     "dkd": _logit("dkd", 4.0, 0.5, alpha=1.0, beta=8.0),
@@ -74,6 +80,7 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "ensemble": _ensemble,
     "momentum": _momentum,
     "kdaif": _influence,
+    "selfkd": _head_self_distillation,
 }
 
 

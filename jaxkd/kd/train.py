@@ -94,6 +94,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.teacher.cache stores the teacher's logits only: it cannot feed "
                          "config.kd.feature or an EMA teacher; set config.teacher.cache."
                          "num_samples=0")
+    if config.kd.self_distill_steps < 0:
+        raise ValueError(f"config.kd.self_distill_steps={config.kd.self_distill_steps} must be "
+                         f">= 0 (0 = no second, head-only self-distillation stage)")
     if config.kd.warmup_steps < 0:
         raise ValueError(f"config.kd.warmup_steps={config.kd.warmup_steps} must be >= 0")
     if config.kd.feature.loss:
@@ -151,6 +154,10 @@ class RunSpec:
     distill: bool = False  # train against ``teacher`` too
     teacher_record: dict | None = None  # {"path", "sha256"} of the teacher, kept in the meta
     cache: Any = None  # a jaxkd.kd.cache.Cache: distil from stored teacher outputs instead
+    # Two-stage self-distillation: start from these variables ({"params", "batch_stats"}) and
+    # train only the top-level parameter ``train_only`` (e.g. "head"), logit KD only.
+    init_variables: dict | None = None
+    train_only: str | None = None
 
 
 @dataclasses.dataclass
@@ -258,6 +265,8 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     total = optim.resolve_steps(spec.steps_cfg.steps, spec.steps_cfg.epochs, steps_per_epoch,
                                 spec.steps_key)
     tx = optim.make_optimizer(spec.optimizer, total)
+    if spec.train_only:
+        tx = _only(tx, spec.train_only)
     use_crd = spec.distill and config.kd.feature.loss == crd_lib.NAME
     from_cache = spec.distill and spec.cache is not None
     if from_cache:  # the stored augmentations, replayed, with the teacher's stored outputs
@@ -270,7 +279,7 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
                              with_index=use_crd)
     input_shape = tuple(pipeline.output_shape)
     feature, aux_init, adapter_apply, crd = None, None, None, None
-    if spec.distill and config.kd.feature.loss:
+    if spec.distill and config.kd.feature.loss and not spec.train_only:
         feature, aux_init, adapter_apply = _feature_term(
             config, model, spec.teacher.model, spec.teacher.variables, input_shape,
             len(ctx.train_src))
@@ -288,6 +297,13 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     build, abstract, shardings = state_lib.create_sharded(
         init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
     )
+    if spec.init_variables is not None:
+        fresh, start = build, spec.init_variables
+
+        def build():  # copies: the step donates the state, and ``start`` is also the teacher
+            return dict(fresh(), params=jax.tree.map(lambda x: x.copy(), start["params"]),
+                        batch_stats=jax.tree.map(lambda x: x.copy(),
+                                                 start.get("batch_stats", {})))
     train_step = steps_lib.make_train_step(
         model, tx, mesh=ctx.mesh, state_shardings=shardings,
         teacher=(cache_lib.cached_teacher(ctx.num_classes) if from_cache else spec.teacher)
@@ -323,6 +339,37 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
             ),
         )
     return state, metrics
+
+
+def _only(tx, name: str):
+    """``tx`` on the top-level parameter ``name``; every other parameter frozen (zero update)."""
+    import optax  # pylint: disable=g-import-not-at-top
+
+    def labels(params):
+        return {k: jax.tree.map(lambda _, k=k: "train" if k == name else "freeze", v)
+                for k, v in params.items()}
+
+    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+
+
+def _self_distill(ctx: Context, seed: int, state: dict, run_dir: str):
+    """Stage 2 of two-stage self-distillation (DWPose): the finished KD student teaches itself,
+    only its ``head`` trains (logit KD with config.kd's loss, alpha and T) for
+    ``config.kd.self_distill_steps`` steps. Returns ``(state, eval)`` of the stage-2 run."""
+    config = ctx.config
+    model = models.build(config.student.model, num_classes=ctx.num_classes,
+                         **config.student.model_kwargs)
+    variables = {"params": state["params"]}
+    if state["batch_stats"]:
+        variables["batch_stats"] = state["batch_stats"]
+    shardings = jax.tree.map(lambda x: x.sharding, variables)
+    teacher = steps_lib.Teacher.live(model, variables, shardings)
+    steps_cfg = ml_collections.ConfigDict(dict(steps=config.kd.self_distill_steps, epochs=0.0))
+    return train_run(ctx, RunSpec(
+        f"kd_self/seed{seed}", config.student.model, dict(config.student.model_kwargs), seed,
+        steps_cfg, "config.kd.self_distill_steps", config.optimizer, teacher, distill=True,
+        teacher_record={"path": run_dir, "sha256": ckpt_lib.params_hash(variables)},
+        init_variables=variables, train_only="head"))
 
 
 # ------------------------------------------------------------------------------------ teacher
@@ -520,6 +567,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             finals[kind].append(m)
             if kind == "kd" and config.kd.source == "ema":
                 ema_evals.append(_evaluate_ema(ctx, state))
+            if kind == "kd" and config.kd.self_distill_steps:
+                run_names.append(f"kd_self/seed{seed}")
+                _, m2 = _self_distill(ctx, seed, state, os.path.join(
+                    workdir, "checkpoints", name.replace("/", "_")))
+                finals.setdefault("kd_self", []).append(m2)
     if teacher is not None:
         teacher_eval = evaluate(
             ctx, steps_lib.make_eval_step(teacher.fn, mesh=mesh, shardings=teacher.shardings),
@@ -543,8 +595,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results[f"teacher/member{k}/acc"] = e["acc"]
     for kind, ms in finals.items():
         for metric in ("acc", "agreement", "loss"):
-            if metric not in ms[0]:
-                continue  # no agreement without an external teacher
+            if metric not in ms[0] or (kind == "kd_self" and metric == "agreement"):
+                continue  # no agreement without an external teacher (kd_self: with itself)
             mean, std = report.mean_std([m[metric] for m in ms])
             results[f"{kind}/{metric}_mean"] = mean
             results[f"{kind}/{metric}_std"] = std
@@ -560,16 +612,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         rows.append({"model": teacher_label, "test acc (%)": (
             f"{100 * teacher_eval['acc']:.2f}" if agree else
             report.fmt_mean_std([e["acc"] for e in ema_evals]))})
-        for kind, label in (("scratch", "student, scratch"), ("kd", "student, KD")):
+        for kind, label in (("scratch", "student, scratch"), ("kd", "student, KD"),
+                            ("kd_self", "student, KD + head self-distillation")):
+            if kind not in finals:
+                continue
             rows.append({
                 "model": f"{label} ({config.student.model})",
                 "test acc (%)": report.fmt_mean_std([m["acc"] for m in finals[kind]]),
             })
-            if agree:
+            if agree and kind != "kd_self":
                 rows[-1]["agreement w/ teacher (%)"] = report.fmt_mean_std(
                     [m["agreement"] for m in finals[kind]])
         if agree:
-            for row in rows[:-2]:
+            for row in rows[:len(member_evals)]:
                 row.setdefault("agreement w/ teacher (%)", "")
             rows[len(member_evals)]["agreement w/ teacher (%)"] = "100.00"
         print(report.format_table(

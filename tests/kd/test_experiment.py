@@ -322,3 +322,26 @@ def test_students_distil_from_a_teacher_cache_on_disk(tmp_path):
     with pytest.raises(errors.ConfigError, match="manifest"):
         train.train_and_evaluate(_smoke(**{"teacher.cache.num_samples": 2,
                                            "teacher.cache.dir": str(empty)}), str(tmp_path / "x"))
+
+
+def test_head_self_distillation_changes_only_the_head(tmp_path):
+    workdir = str(tmp_path)
+    out = train.train_and_evaluate(_smoke(**{"kd.self_distill_steps": 10}), workdir)
+    for key in ("kd_self/acc_mean", "kd_self/acc_std", "kd/acc_mean"):
+        assert key in out
+    assert "kd_self/agreement_mean" not in out  # it would be agreement with itself
+
+    def params(run, step):
+        with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", run),
+                                   read_only=True) as c:
+            return c.restore_raw(step)["params"]
+
+    stage1, stage2 = params("kd_seed0", 20), params("kd_self_seed0", 10)
+    assert set(stage1) == set(stage2) and "head" in stage1
+    for name in stage1:
+        moved = any(not np.array_equal(a, b) for a, b in
+                    zip(jax.tree.leaves(stage1[name]), jax.tree.leaves(stage2[name])))
+        assert moved == (name == "head"), name
+    meta = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "kd_self_seed0"),
+                                 read_only=True).read_meta(10)
+    assert meta["teacher_path"].endswith("kd_seed0")
