@@ -75,6 +75,10 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "sp": _feature("sp", 3000.0),
     # CRD: weight 0.8, 128-d heads, T = 0.07, bank momentum 0.5; the paper's 16384 negatives
     # are capped at N - 1 on small datasets.
+    # VID: CE + weight * the negative log-likelihood of the teacher feature under a Gaussian
+    # whose mean a small regressor predicts from the student feature (RepDistiller: weight 1,
+    # initial variance 5).
+    "vid": _feature("vid", 1.0, adapter="vid", init_pred_var=5.0, eps=1e-5),
     "crd": _feature("crd", 0.8, dim=128, num_negatives=16384, temperature=0.07, momentum=0.5),
     "fm": _function_matching,
     "ensemble": _ensemble,

@@ -10,7 +10,9 @@ weight, and an optional learnable adapter applied to each student feature:
 * ``"linear"``: a dense layer from the flattened student feature to the teacher feature's size
   (then reshaped to the teacher's shape);
 * ``"conv"``: a 1x1 convolution to the teacher's channels, resizing the student map to the
-  teacher's height and width first (:class:`jaxkd.kd.adapters.ConvRegressor`, linear).
+  teacher's height and width first (:class:`jaxkd.kd.adapters.ConvRegressor`, linear);
+* ``"vid"`` (with ``loss="vid"`` only): :class:`jaxkd.kd.adapters.VIDRegressor`, the mean
+  regressor and per-channel variance of variational information distillation.
 
 Adapter parameters are trained with the student (they live in the train state's ``aux_params``
 and in the optimizer) and are never part of the student model.
@@ -30,7 +32,10 @@ from jaxkd import losses
 from jaxkd.core import errors
 from jaxkd.kd import adapters
 
-ADAPTERS = ("none", "linear", "conv")
+ADAPTERS = ("none", "linear", "conv", "vid")
+# VID (variational information distillation) is a feature loss whose adapter is part of it: a
+# regressor of the teacher feature's mean plus a learned per-channel variance.
+VID = "vid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,10 @@ def check_layers(term: FeatureTerm, student_shapes: dict, teacher_shapes: dict) 
                     f"{list(student_shapes[s])} with teacher layer {t!r} of shape "
                     f"{list(teacher_shapes[t])}; set config.kd.feature.adapter to 'linear' or "
                     f"'conv' to learn a projection")
+    if (term.loss == VID) != (term.adapter == VID):
+        raise errors.ConfigError(
+            "config.kd.feature.loss='vid' and config.kd.feature.adapter='vid' go together (VID's "
+            "regressor predicts the teacher feature's mean and variance); set both")
     if term.adapter == "conv":
         for s, t in zip(term.student_layers, term.teacher_layers):
             if len(student_shapes[s]) != 3 or len(teacher_shapes[t]) != 3:
@@ -114,6 +123,11 @@ class _Linear(nn.Module):
 def _adapter(term: FeatureTerm, t_shape: tuple[int, ...]) -> nn.Module:
     if term.adapter == "linear":
         return _Linear(tuple(t_shape))
+    if term.adapter == VID:
+        params = dict(term.params)
+        return adapters.VIDRegressor(
+            out_channels=t_shape[-1], init_pred_var=params.get("init_pred_var", 5.0),
+            eps=params.get("eps", 1e-5), out_hw=tuple(t_shape[:2]) if len(t_shape) == 3 else None)
     # "conv": a linear 1x1 regressor; the ConvRegressor's BN is off, so ``train`` changes nothing.
     return adapters.ConvRegressor(out_channels=t_shape[-1], out_hw=tuple(t_shape[:2]),
                                   use_batch_norm=False, relu=False)
@@ -166,8 +180,12 @@ def check_loss_accepts(term: FeatureTerm, student_shapes: dict, teacher_shapes: 
 def feature_loss(term: FeatureTerm, student_feats: list, teacher_feats: list,
                  mask: jax.Array) -> jax.Array:
     """Sum over layer pairs of the term's loss (``weight`` not applied)."""
-    fn = losses.get_feature_loss(term.loss)
     teacher_feats = [jax.lax.stop_gradient(t) for t in teacher_feats]
+    if term.loss == VID:  # the adapted student features are (mean, alpha) pairs
+        eps = dict(term.params).get("eps", 1e-5)
+        return sum(losses.features.vid_loss(m, t, a, eps=eps, mask=mask)
+                   for (m, a), t in zip(student_feats, teacher_feats))
+    fn = losses.get_feature_loss(term.loss)
     return sum(fn(s, t, mask=mask, **dict(term.params))
                for s, t in zip(student_feats, teacher_feats))
 

@@ -101,7 +101,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.kd.warmup_steps={config.kd.warmup_steps} must be >= 0")
     if config.kd.feature.loss:
         config_args.check_choice("config.kd.feature.loss", config.kd.feature.loss,
-                                 (*losses.FEATURE_LOSSES, crd_lib.NAME))
+                                 (*losses.FEATURE_LOSSES, crd_lib.NAME, features_lib.VID))
     config_args.check_choice("config.train.on_nonfinite", config.train.on_nonfinite,
                              ("stop", "skip"))
     for key in ("student", "teacher"):

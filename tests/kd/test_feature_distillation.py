@@ -117,3 +117,30 @@ def test_feature_losses_registry_and_unknown_name():
     assert {"fitnet", "at", "rkd", "pkt", "sp", "ickd", "cc"} <= set(losses.FEATURE_LOSSES)
     with pytest.raises(ValueError, match="valid feature losses: at, cc"):
         losses.get_feature_loss("fitnett")
+
+
+def test_vid_term_is_the_gaussian_nll_under_its_regressor():
+    # Student conv map [4, 4, 8] -> teacher map [2, 2, 16]: the VID regressor resizes, predicts
+    # the mean, and carries a per-channel variance; the term equals the NumPy NLL formula.
+    s_shapes, t_shapes = {"stage1": (4, 4, 8)}, {"stage1": (2, 2, 16)}
+    term = features_lib.FeatureTerm("vid", ("stage1",), ("stage1",), adapter="vid",
+                                    params=(("eps", 1e-5), ("init_pred_var", 3.0)))
+    features_lib.check_layers(term, s_shapes, t_shapes)
+    init, apply = features_lib.make_adapters(term, s_shapes, t_shapes)
+    aux = init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    t = rng.normal(size=(3, 2, 2, 16)).astype(np.float32)
+    mask = np.array([1.0, 1.0, 0.0], np.float32)
+    (mean, alpha), = apply(aux, [jnp.asarray(s)])
+    assert mean.shape == (3, 2, 2, 16) and alpha.shape == (16,)
+    got = features_lib.feature_loss(term, [(mean, alpha)], [jnp.asarray(t)], jnp.asarray(mask))
+    var = np.log1p(np.exp(np.asarray(alpha, np.float64))) + 1e-5
+    np.testing.assert_allclose(var, 3.0, rtol=1e-5)  # the initial variance
+    nll = 0.5 * (np.log(var) + (t - np.asarray(mean, np.float64)) ** 2 / var)
+    per_example = nll.reshape(3, -1).mean(1)
+    np.testing.assert_allclose(got, (per_example * mask).sum() / mask.sum(), rtol=1e-5)
+    # VID's loss and adapter go together.
+    with pytest.raises(errors.ConfigError, match="go together"):
+        features_lib.check_layers(features_lib.FeatureTerm("vid", ("stage1",), ("stage1",),
+                                                           adapter="conv"), s_shapes, t_shapes)
