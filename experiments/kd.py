@@ -5,7 +5,8 @@
 
 ``config.experiment`` picks the driver (``jaxkd.kd.EXPERIMENTS``): ``kd`` (default: teacher, then
 students from scratch and with distillation), ``active`` (active distillation under a teacher
-query budget), ``long_tail`` (long-tailed split with tail re-weighting).
+query budget), ``long_tail`` (long-tailed split with tail re-weighting), ``lelp`` (few-class
+distillation through pseudo-subclasses of the teacher's embedding).
 """
 
 from absl import app, flags

@@ -75,6 +75,9 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "sp": _feature("sp", 3000.0),
     # CRD: weight 0.8, 128-d heads, T = 0.07, bank momentum 0.5; the paper's 16384 negatives
     # are capped at N - 1 on small datasets.
+    # Correlation congruence: CE + 0.02 * distance between the batch's example-correlation
+    # (Gaussian kernel, order-2 Taylor) matrices of student and teacher features.
+    "cc": _feature("cc", 0.02, gamma=0.4, p_order=2, kernel="gaussian"),
     # VID: CE + weight * the negative log-likelihood of the teacher feature under a Gaussian
     # whose mean a small regressor predicts from the student feature (RepDistiller: weight 1,
     # initial variance 5).

@@ -130,7 +130,7 @@ def shapes_signature(tree: Any) -> dict[str, list[int]]:
 
 def check_meta(found: dict, expected: dict, directory: str,
                keys=("model", "model_kwargs", "num_classes", "teacher_sha256",
-                     "teacher_cache")) -> None:
+                     "teacher_cache", "distill")) -> None:
     """Raises :class:`CheckpointMismatchError` if ``found`` differs from ``expected`` on ``keys``."""
     diffs = [k for k in keys if found.get(k) != expected.get(k)]
     if not diffs and found.get("param_shapes") != expected.get("param_shapes"):

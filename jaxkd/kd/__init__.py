@@ -11,6 +11,7 @@ EXPERIMENTS = {
     "kd": "jaxkd.kd.train",
     "active": "jaxkd.kd.active",
     "long_tail": "jaxkd.kd.long_tail",
+    "lelp": "jaxkd.kd.few_class",
 }
 
 

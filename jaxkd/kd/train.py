@@ -158,6 +158,7 @@ class RunSpec:
     # train only the top-level parameter ``train_only`` (e.g. "head"), logit KD only.
     init_variables: dict | None = None
     train_only: str | None = None
+    objective: dict | None = None  # the distillation settings, recorded in the checkpoint meta
 
 
 @dataclasses.dataclass
@@ -208,6 +209,8 @@ def _meta(spec: RunSpec, num_classes: int, abstract_state: Any, total_steps: int
         "teacher_path": (spec.teacher_record or {}).get("path") if spec.distill else None,
         "teacher_sha256": (spec.teacher_record or {}).get("sha256") if spec.distill else None,
         "teacher_cache": (spec.cache.path if spec.distill and spec.cache is not None else None),
+        # What the distillation objective was: resuming a KD run under another one is refused.
+        "distill": (json.loads(json.dumps(spec.objective)) if spec.distill else None),
     }
 
 
@@ -341,6 +344,11 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
     return state, metrics
 
 
+def distill_objective(config: ml_collections.ConfigDict) -> dict:
+    """The settings that define a KD student's objective (``config.kd`` and the teacher cache)."""
+    return {"kd": config.kd.to_dict(), "cache": config.teacher.cache.to_dict()}
+
+
 def _only(tx, name: str):
     """``tx`` on the top-level parameter ``name``; every other parameter frozen (zero update)."""
     import optax  # pylint: disable=g-import-not-at-top
@@ -369,7 +377,7 @@ def _self_distill(ctx: Context, seed: int, state: dict, run_dir: str):
         f"kd_self/seed{seed}", config.student.model, dict(config.student.model_kwargs), seed,
         steps_cfg, "config.kd.self_distill_steps", config.optimizer, teacher, distill=True,
         teacher_record={"path": run_dir, "sha256": ckpt_lib.params_hash(variables)},
-        init_variables=variables, train_only="head"))
+        init_variables=variables, train_only="head", objective=distill_objective(config)))
 
 
 # ------------------------------------------------------------------------------------ teacher
@@ -562,7 +570,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 config.train, "config.train", config.optimizer, teacher, distill=kind == "kd",
                 teacher_record={"path": teacher_dir,
                                 "sha256": teacher_meta["sha256"] if teacher_meta else None},
-                cache=cache,
+                cache=cache, objective=distill_objective(config),
             ))
             finals[kind].append(m)
             if kind == "kd" and config.kd.source == "ema":

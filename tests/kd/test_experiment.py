@@ -345,3 +345,10 @@ def test_head_self_distillation_changes_only_the_head(tmp_path):
     meta = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "kd_self_seed0"),
                                  read_only=True).read_meta(10)
     assert meta["teacher_path"].endswith("kd_seed0")
+
+
+def test_resuming_a_kd_student_under_another_objective_is_refused(tmp_path):
+    workdir = str(tmp_path)
+    train.train_and_evaluate(_smoke(), workdir)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="distill"):
+        train.train_and_evaluate(_smoke(**{"kd.temperature": 2.0}), workdir)
