@@ -28,6 +28,7 @@ import timing  # noqa: E402  (benchmarks/timing.py)
 from jaxkd import models
 from jaxkd.core import optim, sharding
 from jaxkd.core import state as state_lib
+from jaxkd.kd import crd as crd_lib
 from jaxkd.kd import features as features_lib
 from jaxkd.kd import steps as steps_lib
 
@@ -44,7 +45,12 @@ _METHODS = {
     "sp": ("hinton", {}, 0.0, ("sp", "stage3", "stage3", "none", 3000.0)),
     "ickd": ("hinton", {}, 0.0, ("ickd", "stage3", "stage3", "conv", 1.0)),
     "cc": ("hinton", {}, 0.0, ("cc", "features", "features", "none", 0.02)),
+    "vid": ("hinton", {}, 0.0, ("vid", "stage2", "stage2", "vid", 1.0)),
+    # CRD: 128-d heads, memory banks for a CIFAR-sized training set (50000), 4096 negatives (the
+    # paper's 16384 costs about 4x more in the bank gathers).
+    "crd": ("hinton", {}, 0.0, ("crd", "features", "features", "none", 0.8)),
 }
+_CRD_DATA, _CRD_NEGATIVES = 50000, 4096
 
 
 def _parse(argv):
@@ -82,26 +88,34 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(args.batch, *shape)).astype(np.float32),
              "label": rng.integers(0, args.num_classes, args.batch).astype(np.int32),
-             "mask": np.ones(args.batch, np.float32)}
+             "mask": np.ones(args.batch, np.float32),
+             "index": rng.choice(_CRD_DATA, args.batch, replace=False).astype(np.int32)}
     gbatch = sharding.to_global_batch(batch, mesh)
     cached = dict(gbatch, teacher_logits=jax.jit(live.fn)(t_vars, gbatch))
 
     def build_step(teacher, loss="hinton", params=None, alpha=0.9, feat=None):
-        term, aux_init, adapter_apply = None, None, None
+        term, aux_init, adapter_apply, crd = None, None, None, None
         if feat is not None:
             name, s_layers, t_layers, adapter, weight = feat
             term = features_lib.FeatureTerm(name, features_lib.parse_layers(s_layers, "s"),
                                             features_lib.parse_layers(t_layers, "t"), weight,
                                             adapter)
             features_lib.check_layers(term, s_shapes, t_shapes)
-            aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
-        build, _, sh = state_lib.create_sharded(
-            state_lib.make_init_fn(student, tx, shape, ema=False, aux_init=aux_init),
-            jax.random.PRNGKey(0), mesh, "replicated")
+            if name == crd_lib.NAME:
+                crd = crd_lib.spec_from_params(dict(num_negatives=_CRD_NEGATIVES), _CRD_DATA)
+                aux_init = crd_lib.aux_init(crd, s_shapes[s_layers], t_shapes[t_layers])
+            else:
+                aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
+        init_fn = state_lib.make_init_fn(student, tx, shape, ema=False, aux_init=aux_init)
+        if crd is not None:
+            base = init_fn
+            init_fn = lambda r: dict(base(r), crd=crd_lib.state_init(crd, r))  # noqa: E731
+        build, _, sh = state_lib.create_sharded(init_fn, jax.random.PRNGKey(0), mesh,
+                                                "replicated")
         step = steps_lib.make_train_step(
             student, tx, mesh=mesh, state_shardings=sh, teacher=teacher,
             distill=steps_lib.DistillConfig(loss, alpha, 4.0, tuple(sorted((params or {}).items()))),
-            feature=term, adapter_apply=adapter_apply)
+            feature=term, adapter_apply=adapter_apply, crd=crd)
         return build, step
 
     runs = {"ce": (*build_step(None), gbatch),

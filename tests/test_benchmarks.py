@@ -31,7 +31,8 @@ def test_kd_methods_benchmark_prints_a_ratio_per_method():
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(out) == {f"{m}_over_hinton" for m in ("hinton", "dkd", "dist", "fitnet", "at",
-                                                      "rkd", "pkt", "sp", "ickd", "cc")} | {
+                                                      "rkd", "pkt", "sp", "ickd", "cc", "vid",
+                                                      "crd")} | {
         "cached_over_ce"}
     assert out["hinton_over_hinton"] == 1.0
 

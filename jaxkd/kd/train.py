@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -159,6 +159,10 @@ class RunSpec:
     init_variables: dict | None = None
     train_only: str | None = None
     objective: dict | None = None  # the distillation settings, recorded in the checkpoint meta
+    # Host-side ``(local batch, step) -> batch`` applied to each training batch before it is
+    # sharded, e.g. per-example ``kd_weight`` from the labels and the step; ``step`` is the
+    # 0-based index of the update the batch feeds (the state's ``step``), also after a resume.
+    batch_fn: Callable[[dict, int], dict] | None = None
 
 
 @dataclasses.dataclass
@@ -323,6 +327,11 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
         mesh=ctx.mesh, shardings=shardings, teacher=spec.teacher,
     )
 
+    def to_global(batch: dict) -> dict:
+        if spec.batch_fn is not None:  # after next(), the pipeline's step counts this batch too
+            batch = spec.batch_fn(batch, pipeline.get_state()["step"] - 1)
+        return sharding.to_global_batch(batch, ctx.mesh)
+
     run_dir = os.path.join(ctx.workdir, "checkpoints", spec.name.replace("/", "_"))
     with ckpt_lib.Checkpointer(run_dir, max_to_keep=config.train.keep_checkpoints,
                                async_save=config.train.async_checkpoint) as checkpointer, \
@@ -330,7 +339,7 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
         state, metrics = loop.fit(
             name=spec.name, init_state=build, abstract_state=abstract, step_fn=train_step,
             pipeline=pipeline,
-            to_global=lambda b: sharding.to_global_batch(b, ctx.mesh),
+            to_global=to_global,
             eval_fn=lambda state: evaluate(ctx, eval_step, state), checkpointer=checkpointer,
             meta=_meta(spec, ctx.num_classes, abstract, total, input_shape),
             writer=ctx.writer,
