@@ -53,6 +53,17 @@ def _momentum(c):
     c.kd.warmup_steps = max(1, c.train.steps // 10)
 
 
+def _dino(c):
+    # DINO-style self-distillation next to the labels: the teacher is the student's EMA
+    # (momentum 0.996), centred by an EMA of its outputs (0.9) and sharpened (tau_t 0.04)
+    # against the student at tau_s 0.1; one view for both (the pipeline's), weight 0.5.
+    c.kd.source = "ema"
+    c.kd.momentum = 0.996
+    c.kd.loss = "dino"
+    c.kd.alpha = 0.5
+    c.kd.params = dict(student_temp=0.1, teacher_temp=0.04, center_momentum=0.9)
+
+
 def _influence(c):
     # KD-AIF: Hinton KD with each example's term weighted by sigmoid(z), z its standardised
     # first-order influence on the labelled loss (jaxkd.kd.steps.influence_kd_weights).
@@ -87,6 +98,7 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "ensemble": _ensemble,
     "momentum": _momentum,
     "kdaif": _influence,
+    "dino": _dino,
     "selfkd": _head_self_distillation,
 }
 

@@ -131,6 +131,11 @@ class DistillConfig:
 # its distillation head (sown as ``dist_logits``) from the teacher; ``params`` may set ``kind``
 # ("hard": the teacher's argmax, "soft": KL at the temperature).
 DEIT = "deit"
+# DINO: CE(softmax((t - c) / tau_t), softmax(s / tau_s)) with the centre ``c`` an EMA of the
+# teacher's outputs, kept in ``state["kd_center"]``; ``params``: ``student_temp`` (0.1),
+# ``teacher_temp`` (0.04), ``center_momentum`` (0.9). Usually with an EMA teacher (source="ema").
+DINO = "dino"
+DINO_DEFAULTS = dict(student_temp=0.1, teacher_temp=0.04, center_momentum=0.9)
 
 
 def influence_kd_weights(logits: jax.Array, features: jax.Array, kd_of_logits: Callable,
@@ -207,13 +212,15 @@ def make_train_step(
         raise ValueError("an EMA teacher (source='ema') needs ema_decay > 0 and no other teacher")
     distilling = teacher is not None or self_teacher
     deit = distilling and distill.loss == DEIT
-    kd_fn = losses.get_loss(distill.loss) if distilling and not deit else None
+    dino = distilling and distill.loss == DINO
+    dino_params = dict(DINO_DEFAULTS, **dict(distill.params)) if dino else {}
+    kd_fn = losses.get_loss(distill.loss) if distilling and not (deit or dino) else None
     if feature is not None and teacher is None:
         raise ValueError("a feature term needs a teacher")
     per_teacher = teacher is not None and teacher.per_teacher
     collections = ["batch_stats"] + (["intermediates"] if feature is not None or deit else [])
 
-    def distill_term(logits, t_all, t_logits, batch, kd_mask, inter):
+    def distill_term(logits, t_all, t_logits, batch, kd_mask, inter, center=None):
         kwargs = dict(labels=batch["label"], temperature=distill.temperature, mask=kd_mask,
                       **dict(distill.params))
         if deit:
@@ -223,6 +230,11 @@ def make_train_step(
                 kind=params.get("kind", "hard"), alpha=1.0, temperature=distill.temperature,
                 mask=kd_mask)
             return loss
+        if dino:
+            return losses.dino_loss(logits[None], t_logits[None], center,
+                                    student_temp=dino_params["student_temp"],
+                                    teacher_temp=dino_params["teacher_temp"],
+                                    skip_same_view=False, mask=kd_mask)
         if per_teacher:
             return sum(w * kd_fn(logits, t_all[k], **kwargs)
                        for k, w in enumerate(teacher.weights))
@@ -271,7 +283,7 @@ def make_train_step(
             loss = ce
             if t_logits is not None:
                 kd = distill_term(logits, t_all, t_logits, batch, kd_mask,
-                                  updates.get("intermediates", {}))
+                                  updates.get("intermediates", {}), state.get("kd_center"))
                 loss = (1.0 - distill.alpha) * ce + distill.alpha * ramp * kd
                 aux["kd"] = kd
             crd_carry = None
@@ -299,6 +311,10 @@ def make_train_step(
                          opt_state=opt_state, rng=new_rng)
         if has_aux:
             new_state["aux_params"] = new_trainable["aux"]
+        if dino:
+            new_state["kd_center"] = losses.dino_center_update(
+                state["kd_center"], t_logits[None], momentum=dino_params["center_momentum"],
+                mask=batch["mask"])
         if crd is not None:
             new_state["crd"] = crd_lib.update(crd, state["crd"], crd_carry, batch["index"],
                                               batch["mask"])

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxkd import data as data_lib
@@ -54,7 +55,15 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if not config.teacher.init:
         config_args.check_choice("config.teacher.model", config.teacher.model, models.MODELS)
     config_args.check_choice("config.kd.loss", config.kd.loss,
-                             (*losses.LOSSES, steps_lib.DEIT))
+                             (*losses.LOSSES, steps_lib.DEIT, steps_lib.DINO))
+    if config.kd.loss == steps_lib.DINO:
+        unknown = sorted(set(config.kd.params) - set(steps_lib.DINO_DEFAULTS))
+        if unknown:
+            raise ValueError(f"config.kd.params has {unknown}, which DINO does not take; valid: "
+                             f"{sorted(steps_lib.DINO_DEFAULTS)}")
+        if config.kd.influence_scale:
+            raise ValueError("config.kd.influence_scale (KD-AIF) does not apply to "
+                             "config.kd.loss='dino'")
     config_args.check_choice("config.kd.source", config.kd.source, ("teacher", "ema"))
     config_args.check_choice("config.kd.ensemble.combine", config.kd.ensemble.combine,
                              steps_lib.COMBINE)
@@ -301,6 +310,11 @@ def train_run(ctx: Context, spec: RunSpec) -> tuple[dict, dict[str, float]]:
 
         def init_fn(rng):  # noqa: F811 - the base state plus CRD's memory banks
             return dict(base_init(rng), crd=crd_lib.state_init(crd, jax.random.fold_in(rng, 2)))
+    if spec.distill and config.kd.loss == steps_lib.DINO:
+        dino_base = init_fn
+
+        def init_fn(rng):  # noqa: F811 - plus DINO's centre of the teacher outputs
+            return dict(dino_base(rng), kd_center=jnp.zeros((ctx.num_classes,), jnp.float32))
     build, abstract, shardings = state_lib.create_sharded(
         init_fn, jax.random.PRNGKey(spec.seed), ctx.mesh, config.mesh.params
     )

@@ -208,3 +208,38 @@ def test_influence_weights_match_naive_per_example_head_gradients():
     _, metrics = step(state, glob(batch))
     np.testing.assert_allclose(metrics["kd"], (kl * expected).sum() / expected.sum(), rtol=1e-4)
     np.testing.assert_allclose(metrics["kd_weight_mean"], expected.sum() / mask.sum(), rtol=1e-4)
+
+
+def test_dino_loss_and_centre_with_an_ema_teacher():
+    student = models.build("mlp", num_classes=5, hidden=(16,))
+    params = (("center_momentum", 0.8), ("student_temp", 0.2), ("teacher_temp", 0.05))
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    opt = ml_collections.ConfigDict(dict(name="sgd", lr=0.5, schedule="constant", warmup_steps=0,
+                                         momentum=0.0, nesterov=False, weight_decay=0.0,
+                                         grad_clip_norm=0.0))
+    tx = optim.make_optimizer(opt, 10)
+    import jax.numpy as jnp
+    base = state_lib.make_init_fn(student, tx, (6,), ema=True)
+    init = lambda r: dict(base(r), kd_center=jnp.zeros((5,), jnp.float32))  # noqa: E731
+    build, _, sh = state_lib.create_sharded(init, jax.random.PRNGKey(0), mesh, "replicated")
+    step = steps_lib.make_train_step(
+        student, tx, mesh=mesh, state_shardings=sh, ema_decay=0.5,
+        distill=steps_lib.DistillConfig("dino", ALPHA, 1.0, params=params, source="ema"))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 6)).astype(np.float32),
+             "label": rng.integers(0, 5, 8).astype(np.int32),
+             "mask": np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32)}
+    glob = lambda b: sharding.to_global_batch(b, mesh)  # noqa: E731
+    state = build()
+    state, _ = step(state, glob(batch))  # moves the EMA away from the params
+    s = _student_logits(student, state, batch["image"])
+    t = np.asarray(student.apply({"params": state["ema_params"]}, batch["image"], train=False),
+                   np.float64)
+    c = np.asarray(state["kd_center"], np.float64)
+    mask = batch["mask"]
+    q = np.exp(_np_log_softmax((t - c) / 0.05))
+    ce = -(q * _np_log_softmax(s / 0.2)).sum(-1)
+    new_state, m = step(state, glob(batch))
+    np.testing.assert_allclose(m["kd"], (ce * mask).sum() / mask.sum(), rtol=1e-4)
+    expected_c = 0.8 * c + 0.2 * (t * mask[:, None]).sum(0) / mask.sum()
+    np.testing.assert_allclose(new_state["kd_center"], expected_c, rtol=1e-5, atol=1e-6)
