@@ -17,6 +17,14 @@ CONFIGS = sorted(
 )
 
 
+# A method's MNIST-1D config is its digits twin's method settings (configs/kd/_methods.py) on
+# the MNIST-1D base config, whose own smoke runs through the CLI; the twins are checked without
+# training (every check train_and_evaluate makes before training), to keep CI within budget.
+TWINS = [p for p in CONFIGS if p.endswith("_mnist1d.py")
+         and p.replace("_mnist1d.py", "_digits.py") in CONFIGS]
+SMOKE = [p for p in CONFIGS if p not in TWINS]
+
+
 def _module(path):
     return importlib.import_module(path[:-3].replace("/", "."))
 
@@ -44,7 +52,24 @@ def test_get_config_default_smoke_and_strict_args(path):
         m.get_config("smoke=false")
 
 
-@pytest.mark.parametrize("path", CONFIGS)
+@pytest.mark.parametrize("path", TWINS)
+def test_mnist1d_method_configs_pass_every_check_before_training(path):
+    from jaxkd.kd import train  # pylint: disable=g-import-not-at-top
+
+    train.check_config(_module(path).get_config("smoke"))
+
+
+def test_the_check_before_training_catches_a_bad_layer():
+    from jaxkd.core import errors  # pylint: disable=g-import-not-at-top
+    from jaxkd.kd import train  # pylint: disable=g-import-not-at-top
+
+    config = _module("configs/kd/fitnet_mnist1d.py").get_config("smoke")
+    config.kd.feature.teacher_layers = "stage9"
+    with pytest.raises(errors.ConfigError, match="no layer 'stage9'"):
+        train.check_config(config)
+
+
+@pytest.mark.parametrize("path", SMOKE)
 def test_smoke_run_through_the_cli(path, tmp_path):
     family = path.split("/")[1]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -403,6 +403,30 @@ def _self_distill(ctx: Context, seed: int, state: dict, run_dir: str):
         init_variables=variables, train_only="head", objective=distill_objective(config)))
 
 
+def _check_feature_term(ctx: Context) -> None:
+    config = ctx.config
+    input_shape = tuple(_pipeline(ctx, ctx.train_src, seed=0, train=False).output_shape)
+    t_model = models.build(config.teacher.model, num_classes=ctx.num_classes,
+                           **config.teacher.model_kwargs)
+    _feature_term(
+        config, models.build(config.student.model, num_classes=ctx.num_classes,
+                             **config.student.model_kwargs),
+        t_model, jax.eval_shape(lambda r: state_lib.init_variables(t_model, r, input_shape),
+                                jax.random.PRNGKey(0)), input_shape, len(ctx.train_src))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Everything :func:`train_and_evaluate` checks before training, without training: names,
+    sizes, the dataset, and a feature term against both architectures (shapes only)."""
+    validate_config(config)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    data_dir = config.data.data_dir or None
+    train_src = data_lib.load(config.data.name, "train", data_dir=data_dir)
+    ctx = Context(config, "", mesh, train_src, None, train_src.info.num_classes, None)
+    if config.kd.feature.loss and not config.teacher.init:
+        _check_feature_term(ctx)
+
+
 # ------------------------------------------------------------------------------------ teacher
 def load_teacher(directory: str, mesh, strategy: str,
                  num_classes: int) -> tuple[Any, steps_lib.Teacher, dict]:
@@ -529,14 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # A feature term is checked against both architectures before anything trains.
     if config.kd.feature.loss and not config.teacher.init:
-        input_shape = tuple(_pipeline(ctx, train_src, seed=0, train=False).output_shape)
-        t_model = models.build(config.teacher.model, num_classes=num_classes,
-                               **config.teacher.model_kwargs)
-        _feature_term(
-            config, models.build(config.student.model, num_classes=num_classes,
-                                 **config.student.model_kwargs),
-            t_model, jax.eval_shape(lambda r: state_lib.init_variables(t_model, r, input_shape),
-                                    jax.random.PRNGKey(0)), input_shape, len(train_src))
+        _check_feature_term(ctx)
 
     # Teacher(s): loaded from config.teacher.init (one path, or several separated by commas), or
     # trained into the workdir (config.teacher.num_teachers of them, seeds seed, seed + 1, ...).
