@@ -2,13 +2,13 @@
 # The MNIST-1D comparison of KD methods in docs/results.md: each method's config over 5 seeds with
 # the same teacher (trained first if missing) and the same scratch students (trained once, in
 # $runs/kd_methods_mnist1d/hinton, and copied into the other methods' workdirs, where they are
-# only re-evaluated; function matching trains its own, with mixup). ~50 min on 2 CPU cores.
+# only re-evaluated; function matching trains its own, with mixup). ~90 min on 2 CPU cores.
 #   bash docs/sweeps/kd_methods_mnist1d.sh [RUNS_DIR] [METHOD ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}
 shift || true
-methods=${*:-hinton dkd dist fitnet rkd pkt sp fm ensemble momentum kdaif}
+methods=${*:-hinton dkd dist fitnet rkd pkt sp crd vid fm ensemble momentum dino kdaif selfkd}
 py=${PYTHON:-.venv/bin/python}
 root="$runs/kd_methods_mnist1d"
 ref="$root/hinton"
@@ -29,7 +29,7 @@ for method in $methods; do
   if [ "$method" = ensemble ]; then  # teacher 0 is the shared one; teachers 1 and 2 train here
     [ -d "$w/checkpoints/teacher" ] || cp -r "$teacher" "$w/checkpoints/"
     init=()
-  elif [ "$method" = momentum ]; then
+  elif [ "$method" = momentum ] || [ "$method" = dino ]; then
     init=()
   else
     init=(--config.teacher.init="$teacher")
@@ -47,9 +47,10 @@ for name in names:
     if not os.path.exists(path):
         continue
     r = json.load(open(path))
-    t, s, k = r["teacher/acc"], r["scratch/acc_mean"], r["kd/acc_mean"]
+    kd = "kd_self" if name == "selfkd" else "kd"
+    t, s, k = r["teacher/acc"], r["scratch/acc_mean"], r[f"{kd}/acc_mean"]
     ref = json.load(open(os.path.join(root, "hinton", "results.json")))["teacher/acc"]
     print(f"| {name} | {100*t:.2f} | {100*s:.2f} +- {100*r['scratch/acc_std']:.2f} | "
-          f"{100*k:.2f} +- {100*r['kd/acc_std']:.2f} | {100*(k-s):+.2f} | "
+          f"{100*k:.2f} +- {100*r[f'{kd}/acc_std']:.2f} | {100*(k-s):+.2f} | "
           f"{(k-s)/(ref-s):.2f} |")
 PY
