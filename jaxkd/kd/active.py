@@ -609,25 +609,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Teacher (on a labeled seed set), then rounds of querying for each seed and strategy."""
     t0 = time.time()
     validate_config(config)
-    workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
+    # Mesh and data: the pool is the training split, its labels are held back.
+    workdir, mesh = train.start(config, workdir)
     if is_main:
         os.makedirs(os.path.join(workdir, "active"), exist_ok=True)
-        report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-
-    # Mesh and data: the pool is the training split, its labels are held back.
-    try:
-        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-        sharding.check_batch_size(config.train.batch_size, mesh)
-    except ValueError as e:
-        raise errors.ConfigError(str(e)) from None
-    data_dir = config.data.data_dir or None
-    pool_src = data_lib.load(config.data.name, "train", data_dir=data_dir)
+    pool_src, test_src = train.load_splits(config)
     if not getattr(pool_src, "in_memory", False):
         raise errors.ConfigError(f"config.data.name={config.data.name!r}: active distillation "
                                  f"needs a pool held in memory (sklearn_digits, mnist1d, ...)")
-    test_src = data_lib.load(config.data.name, data_lib.DATASETS[config.data.name].eval_split,
-                             data_dir=data_dir)
     validate_config(config, pool_size=len(pool_src))
     num_classes = pool_src.info.num_classes
     pool_raw, pool_labels = pool_src.arrays()

@@ -591,23 +591,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Runs the whole experiment; returns the flat results written to ``results.json``."""
     t0 = time.time()
     validate_config(config)
-    workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-
     # Mesh and data: the fine-labelled splits, relabelled to the few-class task.
-    try:
-        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-        sharding.check_batch_size(config.train.batch_size, mesh)
-    except ValueError as e:
-        raise errors.ConfigError(str(e)) from None
-    data_dir = config.data.data_dir or None
-    spec = data_lib.DATASETS[config.data.name]
-    fine_train = data_lib.load(config.data.name, "train", data_dir=data_dir, in_memory=True)
-    fine_test = data_lib.load(config.data.name, spec.eval_split, data_dir=data_dir,
-                              in_memory=True)
+    workdir, mesh = train.start(config, workdir)
+    fine_train, fine_test = train.load_splits(config, in_memory=True)
     train_src = relabel_source(fine_train, config.few_class.relabel)
     test_src = relabel_source(fine_test, config.few_class.relabel)
     num_classes = train_src.info.num_classes

@@ -279,22 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t0 = time.time()
     validate_config(config)
     lt = config.long_tail
-    workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-
-    # Mesh and data.
-    try:
-        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-        sharding.check_batch_size(config.train.batch_size, mesh)
-    except ValueError as e:
-        raise errors.ConfigError(str(e)) from None
-    data_dir = config.data.data_dir or None
-    full_train = data_lib.load(config.data.name, "train", data_dir=data_dir, in_memory=True)
-    test_src = data_lib.load(config.data.name, data_lib.DATASETS[config.data.name].eval_split,
-                             data_dir=data_dir)
+    workdir, mesh = train.start(config, workdir)
+    full_train, test_src = train.load_splits(config, in_memory=True)
     num_classes = full_train.info.num_classes
     try:
         train_src = long_tail_subset(

@@ -527,26 +527,37 @@ def _curves(metrics_path: str, names: list[str]) -> dict[str, list[list[tuple[in
 
 
 # ---------------------------------------------------------------------------------------- main
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs the whole experiment; returns the flat results written to ``results.json``."""
-    t0 = time.time()
-    validate_config(config)
+def start(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Any]:
+    """What every KD driver does first: ``(absolute workdir, mesh)``, with ``config.json``
+    written by process 0 and the batch size checked against the mesh."""
     workdir = os.path.abspath(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
+    if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-
-    # Mesh and data.
     try:
         mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
         sharding.check_batch_size(config.train.batch_size, mesh)
     except ValueError as e:
         raise errors.ConfigError(str(e)) from None
+    return workdir, mesh
+
+
+def load_splits(config: ml_collections.ConfigDict, **kwargs) -> tuple[Any, Any]:
+    """``(train, eval)`` sources of ``config.data`` (``kwargs`` go to :func:`jaxkd.data.load`)."""
     data_dir = config.data.data_dir or None
-    train_src = data_lib.load(config.data.name, "train", data_dir=data_dir)
+    train_src = data_lib.load(config.data.name, "train", data_dir=data_dir, **kwargs)
     test_src = data_lib.load(config.data.name, data_lib.DATASETS[config.data.name].eval_split,
-                             data_dir=data_dir)
+                             data_dir=data_dir, **kwargs)
+    return train_src, test_src
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs the whole experiment; returns the flat results written to ``results.json``."""
+    t0 = time.time()
+    validate_config(config)
+    is_main = jax.process_index() == 0
+    workdir, mesh = start(config, workdir)
+    train_src, test_src = load_splits(config)
     num_classes = train_src.info.num_classes
     writer = MetricWriter(workdir, enabled=is_main)
     ctx = Context(config, workdir, mesh, train_src, test_src, num_classes, writer)
