@@ -95,11 +95,14 @@ def loss(spec: CRDSpec, aux_params: dict, crd_state: dict, student_feat: jax.Arr
     emb_t = head.apply({"params": aux_params["embed_t"]},
                        jax.lax.stop_gradient(teacher_feat))
     args = (crd_state["mem_s"], crd_state["mem_t"], indices, contrast)
-    z_first = F.crd_normalization_constants(
-        jax.lax.stop_gradient(emb_s), jax.lax.stop_gradient(emb_t), *args,
-        temperature=spec.temperature, num_data=spec.num_data, mask=mask)
-    z_s = jnp.where(crd_state["ready"], crd_state["z_s"], z_first[0])
-    z_t = jnp.where(crd_state["ready"], crd_state["z_t"], z_first[1])
+
+    def first_batch_constants():  # only on the first step (the bank gathers are the cost)
+        return F.crd_normalization_constants(
+            jax.lax.stop_gradient(emb_s), jax.lax.stop_gradient(emb_t), *args,
+            temperature=spec.temperature, num_data=spec.num_data, mask=mask)
+
+    z_s, z_t = jax.lax.cond(crd_state["ready"],
+                            lambda: (crd_state["z_s"], crd_state["z_t"]), first_batch_constants)
     value = F.crd_loss(emb_s, emb_t, *args, temperature=spec.temperature,
                        num_data=spec.num_data, z_s=z_s, z_t=z_t, mask=mask)
     carry = {"emb_s": jax.lax.stop_gradient(emb_s), "emb_t": jax.lax.stop_gradient(emb_t),
@@ -108,12 +111,16 @@ def loss(spec: CRDSpec, aux_params: dict, crd_state: dict, student_feat: jax.Arr
 
 
 def update(spec: CRDSpec, crd_state: dict, carry: dict, indices: jax.Array,
-           mask: jax.Array) -> dict:
-    """The banks after the step (momentum update at ``indices``), constants fixed."""
+           mask: jax.Array, ok: jax.Array | bool = True) -> dict:
+    """The banks after the step (momentum update at ``indices``, rows with ``mask == 0`` left
+    alone), constants fixed. ``ok == False`` (a non-finite step) leaves the whole state as it was.
+    """
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - scalars only
     return {
         "mem_s": F.crd_update_memory(crd_state["mem_s"], indices, carry["emb_s"],
                                      momentum=spec.momentum, mask=mask),
         "mem_t": F.crd_update_memory(crd_state["mem_t"], indices, carry["emb_t"],
                                      momentum=spec.momentum, mask=mask),
-        "z_s": carry["z_s"], "z_t": carry["z_t"], "ready": jnp.ones((), jnp.bool_),
+        "z_s": keep(carry["z_s"], crd_state["z_s"]), "z_t": keep(carry["z_t"], crd_state["z_t"]),
+        "ready": keep(jnp.ones((), jnp.bool_), crd_state["ready"]),
     }

@@ -315,16 +315,23 @@ def make_train_step(
             new_state["kd_center"] = losses.dino_center_update(
                 state["kd_center"], t_logits[None], momentum=dino_params["center_momentum"],
                 mask=batch["mask"])
-        if crd is not None:
-            new_state["crd"] = crd_lib.update(crd, state["crd"], crd_carry, batch["index"],
-                                              batch["mask"])
+
         if ema_decay:
             new_state["ema_params"] = jax.tree.map(
                 lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema_params"], params
             )
         grad_norm = optax.global_norm(grads)
-        new_state = loop.nonfinite_guard(state, new_state, loss, grad_norm,
-                                         optax.global_norm(updates))
+        update_norm = optax.global_norm(updates)
+        if crd is not None:  # the banks stay out of the guard's select (a full copy per step):
+            # a bad step writes no rows instead
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+            crd_state = new_state.pop("crd")
+            crd_state = crd_lib.update(crd, crd_state, crd_carry, batch["index"],
+                                       batch["mask"] * finite, finite)
+        old_state = {k: v for k, v in state.items() if k != "crd"}
+        new_state = loop.nonfinite_guard(old_state, new_state, loss, grad_norm, update_norm)
+        if crd is not None:
+            new_state["crd"] = crd_state
 
         mask = batch["mask"]
         denom = jnp.maximum(jnp.sum(mask), 1.0)

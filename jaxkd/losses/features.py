@@ -623,6 +623,10 @@ def _crd_check(fn, student_emb, teacher_emb, memory_student, memory_teacher, ind
         )
 
 
+# Banks with at most this many rows per drawn index (K + 1) are scored with one [B, N] matmul.
+_CRD_MATMUL_ROWS_PER_INDEX = 32
+
+
 def _crd_logits(student_emb, teacher_emb, memory_student, memory_teacher, indices,
                 contrast_idx, valid):
     """``(l_s, l_t)``, each ``[B, K + 1]``: column 0 the positive, then the K negatives.
@@ -633,10 +637,16 @@ def _crd_logits(student_emb, teacher_emb, memory_student, memory_teacher, indice
     s = _l2_normalize(_zero_masked(student_emb, valid))
     t = _l2_normalize(_zero_masked(teacher_emb, valid))
     idx = jnp.concatenate([indices[:, None], contrast_idx], axis=1).astype(jnp.int32)
-    w_t = jax.lax.stop_gradient(memory_teacher).astype(jnp.float32)[idx]
-    w_s = jax.lax.stop_gradient(memory_student).astype(jnp.float32)[idx]
-    l_s = jnp.einsum("bkd,bd->bk", w_t, s, precision=_HIGHEST)
-    l_t = jnp.einsum("bkd,bd->bk", w_s, t, precision=_HIGHEST)
+    mem_t = jax.lax.stop_gradient(memory_teacher).astype(jnp.float32)
+    mem_s = jax.lax.stop_gradient(memory_student).astype(jnp.float32)
+    if mem_t.shape[0] <= _CRD_MATMUL_ROWS_PER_INDEX * idx.shape[1]:
+        # Few rows per drawn index: scoring every row with one matmul and picking the drawn
+        # ones is much cheaper than gathering a [B, K + 1, D] copy of the banks (same values).
+        l_s = jnp.take_along_axis(jnp.matmul(s, mem_t.T, precision=_HIGHEST), idx, axis=1)
+        l_t = jnp.take_along_axis(jnp.matmul(t, mem_s.T, precision=_HIGHEST), idx, axis=1)
+        return l_s, l_t
+    l_s = jnp.einsum("bkd,bd->bk", mem_t[idx], s, precision=_HIGHEST)
+    l_t = jnp.einsum("bkd,bd->bk", mem_s[idx], t, precision=_HIGHEST)
     return l_s, l_t
 
 

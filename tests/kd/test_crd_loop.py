@@ -80,8 +80,26 @@ def test_crd_step_matches_the_pure_pieces():
     np.testing.assert_allclose(
         mem_after, F.crd_update_memory(mem_before, batch["index"], e_s, momentum=0.5,
                                        mask=batch["mask"]), rtol=1e-5, atol=1e-6)
-    # Step 2 keeps the first step's constants.
-    want2, z2, _ = expected(state)
-    _, m2 = step(state, glob(batch))
+    # Step 2 keeps the first step's constants (bit for bit) and uses them.
+    z_after_1 = np.asarray([state["crd"]["z_s"], state["crd"]["z_t"]])
+    want2, _, _ = expected(state)
+    state2, m2 = step(state, glob(batch))
     np.testing.assert_allclose(m2["feat"], want2, rtol=1e-5)
-    np.testing.assert_allclose(z2[0], z1[0])
+    np.testing.assert_array_equal([state2["crd"]["z_s"], state2["crd"]["z_t"]], z_after_1)
+
+
+def test_crd_scores_by_matmul_equal_the_gathered_ones(monkeypatch):
+    # Small banks score every row with one matmul; large ones gather the drawn rows. Same values.
+    rng = np.random.default_rng(1)
+    n, b, k, d = 64, 6, 5, 8
+    mem_s, mem_t = F.crd_init_memory(jax.random.PRNGKey(0), n, d)
+    e_s, e_t = (rng.normal(size=(b, d)).astype(np.float32) for _ in range(2))
+    idx = rng.choice(n, b, replace=False).astype(np.int32)
+    neg = F.crd_sample_negatives(jax.random.PRNGKey(1), idx, n, k)
+    kw = dict(temperature=0.1, num_data=n, z_s=None, z_t=None)
+    g = jax.value_and_grad(lambda s, t: F.crd_loss(s, t, mem_s, mem_t, idx, neg, **kw), (0, 1))
+    by_matmul = g(e_s, e_t)
+    monkeypatch.setattr(F, "_CRD_MATMUL_ROWS_PER_INDEX", 0)
+    by_gather = g(e_s, e_t)
+    for a, c in zip(jax.tree.leaves(by_matmul), jax.tree.leaves(by_gather)):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
