@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}
 shift || true
-methods=${*:-hinton dkd dist fitnet rkd pkt sp crd fm ensemble momentum kdaif selfkd cached deit}
+methods=${*:-hinton dkd dist fitnet at rkd pkt sp cc vid crd fm ensemble momentum dino kdaif selfkd cached deit}
 py=${PYTHON:-.venv/bin/python}
 teacher="$runs/kd_digits/checkpoints/teacher"
 [ -d "$teacher" ] || $py -m experiments.kd --config configs/kd/digits.py --workdir "$runs/kd_digits"
@@ -21,7 +21,7 @@ for method in $methods; do
       cp -r "$teacher" "$runs/kd_methods_digits/$method/checkpoints/"
     init=()
   fi
-  [ "$method" = momentum ] && init=()
+  { [ "$method" = momentum ] || [ "$method" = dino ]; } && init=()
   $py -m experiments.kd --config "$cfg:seeds=5" --workdir "$runs/kd_methods_digits/$method" \
     "${init[@]}" --config.train.progress=false >/dev/null
 done
