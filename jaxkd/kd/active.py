@@ -723,10 +723,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results["wall_time_s"] = time.time() - t0
     if is_main:
         report.write_results(os.path.join(workdir, "results.json"), results)
-        report.write_json_atomic(os.path.join(workdir, "teacher.json"), {
-            "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
-            "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"],
-            "num_labeled": num_labeled, "test_acc": teacher_eval["acc"]})
+        train.write_teacher_record(workdir, teacher_dir, teacher_meta,
+                                   num_labeled=num_labeled, test_acc=teacher_eval["acc"])
         rows, err_rows = [], []
         for strategy, records in runs.items():
             row, err = {"strategy": strategy}, {"strategy": strategy}

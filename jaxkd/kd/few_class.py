@@ -673,17 +673,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "lelp/within_class_entropy_nats": info["within_class_entropy_nats"],
         "wall_time_s": time.time() - t0,
     }
-    for kind, ms in finals.items():
-        for metric in ("acc", "agreement", "loss"):
-            mean, std = report.mean_std([m[metric] for m in ms])
-            results[f"{kind}/{metric}_mean"] = mean
-            results[f"{kind}/{metric}_std"] = std
+    results.update(train.summarize(finals))
     if is_main:
         report.write_results(os.path.join(workdir, "results.json"), results)
-        report.write_json_atomic(os.path.join(workdir, "teacher.json"), {
-            "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
-            "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"],
-        })
+        train.write_teacher_record(workdir, teacher_dir, teacher_meta)
         l = config.lelp
         labels = {
             "scratch": "student, scratch (CE)",

@@ -360,10 +360,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     for g in GROUPS:
         results[f"teacher/{g}_acc"] = teacher_eval[f"{g}_acc"]
-    for variant, ms in finals.items():
-        for metric in ("acc", "agreement", "loss", *(f"{g}_acc" for g in GROUPS)):
-            results[f"{variant}/{metric}_mean"], results[f"{variant}/{metric}_std"] = (
-                report.mean_std([m[metric] for m in ms]))
+    results.update(train.summarize(
+        finals, ("acc", "agreement", "loss", *(f"{g}_acc" for g in GROUPS))))
     if is_main:
         _write_outputs(workdir, config, results, finals, teacher_eval, teacher_meta, counts,
                        groups, class_weights, run_names, teacher_dir)
@@ -375,10 +373,7 @@ def _write_outputs(workdir, config, results, finals, teacher_eval, teacher_meta,
     """results.json, per_class.json, teacher.json, the printed table and the two PNGs."""
     c = len(counts)
     report.write_results(os.path.join(workdir, "results.json"), results)
-    report.write_json_atomic(os.path.join(workdir, "teacher.json"), {
-        "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
-        "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"],
-    })
+    train.write_teacher_record(workdir, teacher_dir, teacher_meta)
     per_class = {"train_count": counts.tolist(), "drw_weight": class_weights.tolist(),
                  "groups": {g: v.tolist() for g, v in groups.items()},
                  "teacher": [teacher_eval[f"class{k}_acc"] for k in range(c)]}

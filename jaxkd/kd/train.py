@@ -526,6 +526,26 @@ def _curves(metrics_path: str, names: list[str]) -> dict[str, list[list[tuple[in
     return groups
 
 
+def summarize(finals: dict[str, list[dict]],
+              metrics: tuple[str, ...] = ("acc", "agreement", "loss")) -> dict[str, float]:
+    """``{group}/{metric}_mean`` and ``_std`` over each run group's final evals; a metric the
+    group's runs do not report (agreement without a teacher) is left out."""
+    out = {}
+    for kind, ms in finals.items():
+        for metric in metrics:
+            if metric in ms[0]:
+                out[f"{kind}/{metric}_mean"], out[f"{kind}/{metric}_std"] = report.mean_std(
+                    [m[metric] for m in ms])
+    return out
+
+
+def write_teacher_record(workdir: str, teacher_dir: str, teacher_meta: dict, **extra) -> None:
+    """``teacher.json``: the teacher's path, parameter hash, step and architecture."""
+    report.write_json_atomic(os.path.join(workdir, "teacher.json"), {
+        "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
+        "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"], **extra})
+
+
 # ---------------------------------------------------------------------------------------- main
 def start(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Any]:
     """What every KD driver does first: ``(absolute workdir, mesh)``, with ``config.json``
@@ -652,19 +672,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     for k, e in enumerate(member_evals):
         results[f"teacher/member{k}/acc"] = e["acc"]
-    for kind, ms in finals.items():
-        for metric in ("acc", "agreement", "loss"):
-            if metric not in ms[0] or (kind == "kd_self" and metric == "agreement"):
-                continue  # no agreement without an external teacher (kd_self: with itself)
-            mean, std = report.mean_std([m[metric] for m in ms])
-            results[f"{kind}/{metric}_mean"] = mean
-            results[f"{kind}/{metric}_std"] = std
+    results.update(summarize(finals))
+    # kd_self's agreement would be with itself (its stage-1 network), not with the teacher.
+    results.pop("kd_self/agreement_mean", None)
+    results.pop("kd_self/agreement_std", None)
     if is_main:
         report.write_results(os.path.join(workdir, "results.json"), results)
-        report.write_json_atomic(os.path.join(workdir, "teacher.json"), {
-            "path": teacher_dir, "sha256": teacher_meta["sha256"], "step": teacher_meta["step"],
-            "model": teacher_meta["model"], "model_kwargs": teacher_meta["model_kwargs"],
-        })
+        write_teacher_record(workdir, teacher_dir, teacher_meta)
         agree = teacher is not None
         rows = [{"model": f"teacher {k} ({members[k][2]['model']})",
                  "test acc (%)": f"{100 * e['acc']:.2f}"} for k, e in enumerate(member_evals)]
