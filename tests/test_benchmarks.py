@@ -46,3 +46,13 @@ def test_cache_step_benchmark_prints_its_ratios(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["cached_over_ce"] > 0 and out["live_over_ce"] > 0 and out["bytes_per_example"] > 0
     assert out["devices"] == 2
+
+
+def test_trajectory_memory_benchmark_prints_its_ratios():
+    r = subprocess.run([sys.executable, "benchmarks/trajectory_memory.py", "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ours_16_over_ours_2"] > 0 and out["time_ours_over_naive_2"] > 0
+    # Ours stores parameter vectors only; naive autodiff keeps every step's activations.
+    assert out["ours_over_naive_16"] < 0.5

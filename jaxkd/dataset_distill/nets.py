@@ -1,0 +1,179 @@
+"""Networks as flat parameter vectors, and training several of them at once.
+
+Dataset distillation trains many small networks: experts on the real data (whose parameter
+trajectories MTT matches) and fresh networks on a synthetic set (the evaluation protocol).
+Both are "K networks of one architecture, plain SGD, differentiable siamese augmentation",
+done here by one vmapped step over ``K`` flat parameter vectors.
+
+Flat parameters (``jax.flatten_util.ravel_pytree``) make trajectories one array per epoch, the
+MTT distance a vector norm, and SGD two lines. A model used here must have only ``params``
+(no batch statistics): the DD ConvNet with instance/layer/no norm, the MLP, the 1-D ConvNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxkd.dataset_distill.augment import DSAConfig, dsa
+from jaxkd.losses.dataset import soft_cross_entropy
+
+__all__ = ["FlatModel", "SGDConfig", "NetTrainer", "batch_indices", "lr_at"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatModel:
+    """A Flax module addressed through a flat parameter vector ``theta [P]``."""
+
+    module: nn.Module
+    input_shape: tuple[int, ...]  # one example, e.g. (8, 8, 1)
+    unravel: Callable[[jax.Array], Any]
+    num_params: int
+
+    @classmethod
+    def create(cls, module: nn.Module, input_shape: tuple[int, ...]) -> FlatModel:
+        """Builds the flat view; raises if the module has variables other than ``params``."""
+        shapes = jax.eval_shape(lambda k: module.init(k, jnp.zeros((1, *input_shape)),
+                                                      train=False), jax.random.key(0))
+        extra = sorted(set(shapes) - {"params"})
+        if extra:
+            raise ValueError(
+                f"{type(module).__name__} has variable collections {extra} besides 'params'; "
+                "dataset distillation trains networks as flat parameter vectors and needs a "
+                "model without batch statistics (for the ConvNet use model.norm='instance')")
+        flat, unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                  shapes["params"]))
+        return cls(module, tuple(input_shape), unravel, int(flat.size))
+
+    def init(self, key: jax.Array) -> jax.Array:
+        """A fresh random ``theta [P]`` (the module's own initialisers)."""
+        params = self.module.init(key, jnp.zeros((1, *self.input_shape)), train=False)["params"]
+        return ravel_pytree(params)[0]
+
+    def apply(self, theta: jax.Array, x: jax.Array) -> jax.Array:
+        """Logits ``[B, C]`` for inputs ``x [B, *input_shape]``."""
+        return self.module.apply({"params": self.unravel(theta)}, x, train=True)
+
+    def embed(self, theta: jax.Array, x: jax.Array) -> jax.Array:
+        """The classifier's input ``[B, D]`` (the ``features`` the model sows)."""
+        _, state = self.module.apply({"params": self.unravel(theta)}, x, train=True,
+                                     mutable=["intermediates"])
+        return state["intermediates"]["features"][0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SGDConfig:
+    """PyTorch-style SGD: ``v = momentum * v + g + weight_decay * theta; theta -= lr * v``.
+
+    The learning rate is multiplied by ``decay_factor`` once a fraction ``decay_at`` of the
+    steps is done (the evaluation protocol: 0.1 at half of training); ``decay_at=1`` keeps it
+    constant.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    decay_at: float = 0.5
+    decay_factor: float = 0.1
+
+
+def lr_at(cfg: SGDConfig, step: int, total_steps: int, lr: float | None = None) -> float:
+    """The learning rate of step ``step`` of ``total_steps`` (``lr`` overrides ``cfg.lr``)."""
+    base = cfg.lr if lr is None else lr
+    return base * (cfg.decay_factor if step >= cfg.decay_at * total_steps else 1.0)
+
+
+def batch_indices(rng: np.random.Generator, num_examples: int, batch_size: int,
+                  num_steps: int) -> np.ndarray:
+    """``[num_steps, batch_size]`` indices: consecutive chunks of concatenated permutations.
+
+    Every example is seen once per ``num_examples / batch_size`` steps (an epoch), batches have
+    a fixed size (one compiled step), and an epoch's tail continues into the next permutation.
+    """
+    need = num_steps * batch_size
+    perms = [rng.permutation(num_examples) for _ in range(-(-need // num_examples))]
+    return np.concatenate(perms)[:need].reshape(num_steps, batch_size).astype(np.int32)
+
+
+class NetTrainer:
+    """``K`` networks trained in lockstep on one data set with SGD and DSA.
+
+    Each network has its own minibatch order and augmentation key; everything else is shared.
+    Targets are class-probability rows ``[N, C]`` (one-hot for hard labels).
+    """
+
+    def __init__(self, model: FlatModel, sgd: SGDConfig, dsa_cfg: DSAConfig):
+        self.model, self.sgd, self.dsa_cfg = model, sgd, dsa_cfg
+
+        def one(theta, vel, x_all, y_all, idx, key, lr):
+            x, y = dsa(x_all[idx], key, dsa_cfg), y_all[idx]
+            loss, g = jax.value_and_grad(lambda t: soft_cross_entropy(model.apply(t, x), y))(theta)
+            vel = sgd.momentum * vel + g + sgd.weight_decay * theta
+            return theta - lr * vel, vel, loss
+
+        self._step = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None)),
+                             donate_argnums=(0, 1))
+        self._step_per_net = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)),
+                                     donate_argnums=(0, 1))
+
+        def accuracy(thetas, x, labels):
+            logits = jax.vmap(model.apply, in_axes=(0, None))(thetas, x)
+            return jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1)
+
+        self._accuracy = jax.jit(accuracy)
+
+    def init(self, key: jax.Array, num_nets: int) -> tuple[jax.Array, jax.Array]:
+        """``(thetas [K, P], velocities [K, P])`` for ``K = num_nets`` fresh networks."""
+        thetas = jax.vmap(self.model.init)(jax.random.split(key, num_nets))
+        return thetas, jnp.zeros_like(thetas)
+
+    def steps_for(self, num_examples: int, epochs: float) -> tuple[int, int]:
+        """``(batch size, number of steps)`` for ``epochs`` passes over ``num_examples``."""
+        batch = min(self.sgd.batch_size, num_examples)
+        return batch, max(1, int(round(epochs * num_examples / batch)))
+
+    def train(self, thetas: jax.Array, vels: jax.Array, x: jax.Array, targets: jax.Array, *,
+              seed: int, first_step: int, num_steps: int, total_steps: int,
+              lr: float | None = None, on_step: Callable[[int, jax.Array], None] | None = None,
+              per_net: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Runs steps ``first_step .. first_step + num_steps - 1`` of a ``total_steps`` run.
+
+        Minibatches and augmentation keys depend only on ``(seed, net, step)``, so a run split
+        into several calls (an interrupted expert run) is identical to one call.
+        ``on_step(step, losses [K])`` is called after each step (progress bars). With
+        ``per_net``, ``x [K, M, ...]`` and ``targets [K, M, C]`` hold one data set per network.
+        """
+        num_nets = thetas.shape[0]
+        num = x.shape[1] if per_net else x.shape[0]
+        batch = min(self.sgd.batch_size, num)
+        steps_per_epoch = -(-num // batch)
+        step_fn = self._step_per_net if per_net else self._step
+        base = jax.random.key(seed)
+        for step in range(first_step, first_step + num_steps):
+            epoch, within = divmod(step, steps_per_epoch)
+            idx = np.stack([batch_indices(np.random.default_rng([seed, k, epoch]), num,
+                                          batch, steps_per_epoch)[within]
+                            for k in range(num_nets)])
+            keys = jax.random.split(jax.random.fold_in(base, step), num_nets)
+            thetas, vels, losses = step_fn(thetas, vels, x, targets, idx, keys,
+                                              lr_at(self.sgd, step, total_steps, lr))
+            if on_step is not None:
+                on_step(step, losses)
+        return thetas, vels
+
+    def accuracy(self, thetas: jax.Array, x: jax.Array, labels: jax.Array,
+                 batch_size: int = 1000) -> np.ndarray:
+        """Test accuracy of each network, ``[K]`` float64 fractions."""
+        correct = np.zeros(thetas.shape[0])
+        for s in range(0, x.shape[0], batch_size):
+            xb, yb = x[s:s + batch_size], labels[s:s + batch_size]
+            correct += np.asarray(self._accuracy(thetas, xb, yb), np.float64) * xb.shape[0]
+        return correct / x.shape[0]

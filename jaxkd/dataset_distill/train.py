@@ -1,0 +1,390 @@
+"""``train_and_evaluate(config, workdir)``: distil a data set, evaluate it, report baselines.
+
+Sections: data -> baselines -> experts (trajectory methods) -> synthetic-set state -> the
+distillation loop (``jaxkd.core.loop.fit``: auto-resume, SIGTERM save, progress bar, metrics)
+-> outputs. Writes in ``workdir``:
+
+- ``synthetic.npz``: ``images`` (the data set's layout and units, e.g. 0..16 for digits),
+  ``labels`` (int ``[M]``, or soft ``[M, C]`` probabilities), ``lr`` (the learned inner
+  learning rate, trajectory methods);
+- ``synthetic.png``: the synthetic set next to real examples of each class;
+- ``results.json``: ``eval/acc_mean``, ``eval/acc_std``, ``baseline/{random,class_mean,full}/
+  acc_{mean,std}``, cross-architecture ``eval_<model>/acc_*``; fractions in [0, 1];
+- ``metrics.jsonl``, TensorBoard events, ``distill_curves.png``, ``checkpoints/distill``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxkd import data as data_lib
+from jaxkd.core import checkpoint as ckpt_lib
+from jaxkd.core import errors, loop, metrics, report
+from jaxkd.dataset_distill import evaluate as eval_lib
+from jaxkd.dataset_distill import experts as experts_lib
+from jaxkd.dataset_distill import viz
+from jaxkd.dataset_distill.augment import DSAConfig, parse_strategy
+from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
+from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching
+from jaxkd.dataset_distill.nets import FlatModel, SGDConfig
+from jaxkd.dataset_distill.unroll import METHODS as HYPERGRAD_METHODS
+from jaxkd.models import registry
+
+__all__ = ["METHODS", "RealData", "load_real", "train_and_evaluate"]
+
+METHODS: tuple[str, ...] = ("mtt", "dm")
+TRAJECTORY_METHODS = ("mtt",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealData:
+    """A labelled data set in memory, normalised per channel (``(x - mean) / std``)."""
+
+    name: str
+    x: jax.Array
+    y: np.ndarray
+    x_test: jax.Array
+    y_test: np.ndarray
+    num_classes: int
+    shape: tuple[int, ...]
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Range of the normalised training inputs; synthetic inputs are kept inside it."""
+        return float(jnp.min(self.x)), float(jnp.max(self.x))
+
+    def to_stored(self, x: jax.Array) -> np.ndarray:
+        """Normalised inputs back to the data set's own units."""
+        return np.asarray(x, np.float32) * self.std + self.mean
+
+
+def load_real(name: str, data_dir: str | None = None) -> RealData:
+    """The train and test splits of registry data set ``name``, normalised, in memory."""
+    spec = data_lib.DATASETS[name] if name in data_lib.DATASETS else None
+    if spec is None:
+        raise errors.ConfigError(f"config.data.name={name!r} is not a data set; valid: "
+                                 f"{', '.join(sorted(data_lib.DATASETS))}")
+    train = data_lib.load(name, "train", data_dir=data_dir, in_memory=True)
+    test = data_lib.load(name, spec.eval_split, data_dir=data_dir, in_memory=True)
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    (x, y), (xt, yt) = train.arrays(), test.arrays()
+    norm = lambda a: jnp.asarray((a.astype(np.float32) - mean) / std)
+    return RealData(name, norm(x), np.asarray(y), norm(xt), np.asarray(yt), spec.num_classes,
+                    tuple(x.shape[1:]), mean, std)
+
+
+# ------------------------------------------------------------------------------------ config
+def _dsa(cfg: ml_collections.ConfigDict) -> DSAConfig:
+    return DSAConfig(**cfg.to_dict())
+
+
+def _sgd(cfg: ml_collections.ConfigDict) -> SGDConfig:
+    return SGDConfig(**cfg.to_dict())
+
+
+def _model(name: str, kwargs: dict, data: RealData, key: str) -> FlatModel:
+    try:
+        module = registry.build(name, num_classes=data.num_classes, **kwargs)
+        return FlatModel.create(module, data.shape)
+    except (TypeError, ValueError) as e:
+        raise errors.ConfigError(f"{key}: {e}") from None
+
+
+def check_config(config: ml_collections.ConfigDict, data: RealData | None = None) -> None:
+    """Raises :class:`ConfigError` naming the key for a config that cannot work."""
+    if config.method not in METHODS:
+        raise errors.ConfigError(f"config.method={config.method!r}; valid: {', '.join(METHODS)}")
+    if config.ipc < 1:
+        raise errors.ConfigError(f"config.ipc={config.ipc} must be >= 1")
+    if config.distill.init not in ("real", "noise"):
+        raise errors.ConfigError(f"config.distill.init={config.distill.init!r}; valid: real, noise")
+    if config.distill.labels not in ("hard", "expert"):
+        raise errors.ConfigError(
+            f"config.distill.labels={config.distill.labels!r}; valid: hard, expert (soft labels "
+            "initialised from an expert's logits, trajectory methods)")
+    if config.distill.labels == "expert" and config.method not in TRAJECTORY_METHODS:
+        raise errors.ConfigError("config.distill.labels='expert' needs expert trajectories; "
+                                 f"use a trajectory method ({', '.join(TRAJECTORY_METHODS)})")
+    if config.mtt.hypergrad not in HYPERGRAD_METHODS:
+        raise errors.ConfigError(f"config.mtt.hypergrad={config.mtt.hypergrad!r}; valid: "
+                                 f"{', '.join(HYPERGRAD_METHODS)}")
+    for key in ("dsa", "eval.dsa", "experts.dsa"):
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        try:
+            parse_strategy(node.strategy)
+        except ValueError as e:
+            raise errors.ConfigError(f"config.{key}.strategy: {e}") from None
+    if data is not None:
+        counts = np.bincount(data.y, minlength=data.num_classes)
+        if config.ipc > counts.min():
+            raise errors.ConfigError(
+                f"config.ipc={config.ipc} is more than the {counts.min()} training examples of "
+                f"class {int(counts.argmin())} in {data.name}; the largest possible ipc is "
+                f"{counts.min()}")
+
+
+# ------------------------------------------------------------------------------ synthetic set
+def init_synthetic(config, data: RealData, model: FlatModel,
+                   trajectories: experts_lib.Trajectories | None) -> dict:
+    """``{"images": [C*ipc, ...], "labels": [C*ipc, C], "lr": []}``, class by class."""
+    rng = np.random.default_rng([config.seed, 1])
+    ipc, nc = config.ipc, data.num_classes
+    y = data.y
+    logits = None
+    if config.distill.labels == "expert":
+        # DATM: soft labels are an expert's logits, on real images that expert gets right.
+        epoch = config.distill.label_epoch or trajectories.epochs
+        theta = jnp.asarray(trajectories.params(0, epoch))
+        logits = np.asarray(jax.jit(model.apply)(theta, data.x))
+        correct = logits.argmax(-1) == y
+        y = np.where(correct, y, -1)
+    idx = eval_lib.random_subset(y, ipc, nc, rng)
+    images = data.x[idx]
+    if config.distill.init == "noise":
+        images = jnp.asarray(rng.standard_normal(images.shape), jnp.float32)
+    if logits is None:
+        labels = eval_lib.one_hot(np.repeat(np.arange(nc), ipc), nc)
+    else:
+        labels = jnp.asarray(logits[idx])
+    return {"images": images, "labels": labels, "lr": jnp.float32(config.distill.lr_init)}
+
+
+def make_optimizer(config, soft: bool) -> optax.GradientTransformation:
+    """SGD for the images, the learning rate and (learnable soft) labels, from config.distill."""
+    d = config.distill
+    zero = optax.set_to_zero()
+    txs = {"images": optax.sgd(d.lr_img, momentum=d.momentum or None),
+           "lr": optax.sgd(d.lr_lr, momentum=d.momentum or None) if d.lr_lr else zero,
+           "labels": (optax.sgd(d.lr_label, momentum=d.label_momentum or None)
+                      if soft and d.lr_label else zero)}
+    return optax.multi_transform(txs, {"images": "images", "lr": "lr", "labels": "labels"})
+
+
+class _Iterations:
+    """The loop's "pipeline": distillation draws its randomness from the iteration number."""
+
+    def __next__(self) -> dict:
+        return {}
+
+    def get_state(self) -> dict:
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        del state
+
+
+def _targets(syn: dict, soft: bool) -> jax.Array:
+    return jax.nn.softmax(syn["labels"], -1) if soft else syn["labels"]
+
+
+def _write_synthetic(path: str, syn: dict, data: RealData, soft: bool, learns_lr: bool) -> None:
+    arrays = {"images": data.to_stored(syn["images"])}
+    if soft:
+        arrays["labels"] = np.asarray(_targets(syn, True), np.float32)
+    else:
+        arrays["labels"] = np.asarray(jnp.argmax(syn["labels"], -1), np.int32)
+    if learns_lr:
+        arrays["lr"] = np.float32(syn["lr"])
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    report.write_bytes_atomic(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------ baselines
+def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfig,
+              workdir: str) -> dict[str, list[float]]:
+    """Accuracies of the random-subset, class-mean and full-data baselines (cached on disk)."""
+    key = {"ipc": config.ipc, "eval": config.eval.to_dict(), "data": config.data.name}
+    path = os.path.join(workdir, "baselines.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return cached["acc"]
+    ipc, nc = config.ipc, data.num_classes
+    rng = np.random.default_rng([config.seed, 2])
+    subsets = [eval_lib.random_subset(data.y, ipc, nc, rng) for _ in range(ecfg.num_nets)]
+    labels = eval_lib.one_hot(np.repeat(np.arange(nc), ipc), nc)
+    acc = {}
+    acc["random"] = eval_lib.evaluate(
+        model, jnp.stack([data.x[s] for s in subsets]), jnp.stack([labels] * ecfg.num_nets),
+        data.x_test, data.y_test, ecfg, per_net=True)
+    means = class_means_cached(data, ipc, seed=config.seed)
+    acc["class_mean"] = eval_lib.evaluate(model, jnp.asarray(means), labels, data.x_test,
+                                          data.y_test, ecfg)
+    if config.eval.full_epochs > 0:
+        acc["full"] = eval_lib.evaluate(model, data.x, eval_lib.one_hot(data.y, nc), data.x_test,
+                                        data.y_test, ecfg, epochs=config.eval.full_epochs)
+    out = {k: [float(a) for a in v] for k, v in acc.items()}
+    report.write_json_atomic(path, {"key": key, "acc": out})
+    return out
+
+
+def class_means_cached(data: RealData, ipc: int, seed: int) -> np.ndarray:
+    return eval_lib.class_means(np.asarray(data.x), data.y, ipc, data.num_classes, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------- main
+def _experts(config, data: RealData, model: FlatModel, workdir: str,
+             progress: bool) -> experts_lib.Trajectories:
+    e = config.experts
+    directory = os.path.abspath(e.dir) if e.dir else os.path.join(workdir, "experts")
+    if not e.train:
+        return experts_lib.Trajectories(directory)
+    return experts_lib.train_experts(
+        directory, model, data.x, data.y, data.x_test, data.y_test,
+        num_classes=data.num_classes, num_experts=e.num_experts, epochs=e.epochs,
+        sgd=_sgd(e.sgd), dsa_cfg=_dsa(e.dsa), seed=e.seed,
+        description={"data": config.data.name, "model": config.model.name,
+                     "model_kwargs": config.model.kwargs.to_dict()},
+        progress=progress)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Distils ``config.data`` into ``config.ipc`` images per class; returns ``results.json``."""
+    check_config(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    progress = config.distill.progress
+    t0 = time.time()
+
+    # -- data and models
+    data = load_real(config.data.name, config.data.data_dir or None)
+    check_config(config, data)
+    model = _model(config.model.name, config.model.kwargs.to_dict(), data, "config.model")
+    eval_model = _model(config.eval.model.name, config.eval.model.kwargs.to_dict(), data,
+                        "config.eval.model")
+    eval_models = {"": eval_model}
+    if config.eval.model.to_dict() != config.model.to_dict():
+        eval_models["distill_net"] = model
+    for name in [m for m in config.eval.cross_models.split(",") if m]:
+        eval_models[name] = _model(name, dict(config.eval.cross_kwargs.get(name, {})), data,
+                                   "config.eval.cross_models")
+    ecfg = eval_lib.EvalConfig(num_nets=config.eval.num_nets, epochs=config.eval.epochs,
+                               sgd=_sgd(config.eval.sgd), dsa=_dsa(config.eval.dsa),
+                               seed=config.eval.seed)
+
+    # -- method
+    soft = config.distill.labels == "expert"
+    trajectories = None
+    if config.method in TRAJECTORY_METHODS:
+        trajectories = _experts(config, data, model, workdir, progress)
+        method = TrajectoryMatching(model, trajectories, MTTConfig(**config.mtt.to_dict()),
+                                    _dsa(config.dsa), soft=soft, seed=config.seed)
+    else:
+        method = DistributionMatching(model, data.x, data.y, data.num_classes, config.ipc,
+                                      DMConfig(**config.dm.to_dict()), _dsa(config.dsa),
+                                      seed=config.seed)
+    syn0 = init_synthetic(config, data, model, trajectories)
+
+    # -- state, update and loop
+    tx = make_optimizer(config, soft)
+    lo, hi = data.bounds
+    total = config.distill.iterations
+
+    def init_state():
+        return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(config.seed),
+                "nonfinite": loop.init_nonfinite(), "syn": syn0, "opt": tx.init(syn0),
+                "skipped": jnp.zeros((), jnp.int32)}
+
+    @jax.jit
+    def apply_update(state, grads, loss, skip):
+        updates, opt = tx.update(grads, state["opt"], state["syn"])
+        syn = optax.apply_updates(state["syn"], updates)
+        syn["images"] = jnp.clip(syn["images"], lo, hi)
+        new = {**state, "syn": syn, "opt": opt, "step": state["step"] + 1}
+        grad_norm = optax.global_norm(grads)
+        kept = jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, state)
+        kept["step"], kept["skipped"] = new["step"], state["skipped"] + skip.astype(jnp.int32)
+        out = loop.nonfinite_guard(state, kept, loss, grad_norm)
+        return out, {"loss": loss, "grad_norm": grad_norm, "lr": syn["lr"],
+                     "skipped": skip.astype(jnp.float32)}
+
+    def step_fn(state, batch):
+        del batch
+        iteration = int(state["step"])
+        loss, grads, extra = method.loss_and_grad(state["syn"], iteration, total)
+        state, m = apply_update(state, grads, loss, method.skip(loss))
+        return state, {**m, **{k: jnp.float32(v) for k, v in extra.items()}}
+
+    abstract = jax.eval_shape(init_state)
+    meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
+            "num_classes": data.num_classes,
+            "distill": {"method": config.method, "ipc": config.ipc, "data": config.data.name,
+                        "labels": config.distill.labels}}
+    d = config.distill
+    writer = metrics.MetricWriter(workdir)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "distill"),
+                                         max_to_keep=2, async_save=False)
+    with writer, checkpointer:
+        state, _ = loop.fit(
+            name="distill", init_state=init_state, abstract_state=abstract, step_fn=step_fn,
+            pipeline=_Iterations(), to_global=lambda b: b, eval_fn=None,
+            checkpointer=checkpointer, meta=meta, writer=writer,
+            cfg=loop.LoopConfig(total_steps=total, log_every=d.log_every,
+                                checkpoint_every=d.checkpoint_every,
+                                on_nonfinite=d.on_nonfinite, progress=progress))
+    distill_s = time.time() - t0
+    syn = jax.device_get(state["syn"])
+
+    # -- outputs
+    _write_synthetic(os.path.join(workdir, "synthetic.npz"), syn, data, soft,
+                     config.method in TRAJECTORY_METHODS)
+    viz.synthetic_grid(os.path.join(workdir, "synthetic.png"), data.to_stored(syn["images"]),
+                       np.repeat(np.arange(data.num_classes), config.ipc),
+                       data.to_stored(data.x), data.y, title=f"{config.method}, ipc {config.ipc}")
+    records = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    report.plot_curves(os.path.join(workdir, "distill_curves.png"),
+                       {"loss": metrics.series(records, "distill/train/loss")},
+                       title=f"{config.method} on {data.name}, ipc {config.ipc}",
+                       ylabel="distillation loss")
+
+    lr = float(syn["lr"]) if (config.method in TRAJECTORY_METHODS
+                              and config.eval.learned_lr) else None
+    targets = _targets(syn, soft)
+    results: dict[str, float] = {}
+    rows = []
+    for name, m in eval_models.items():
+        accs = eval_lib.evaluate(m, jnp.asarray(syn["images"]), targets, data.x_test,
+                                 data.y_test, ecfg, lr=lr)
+        prefix = f"eval_{name}" if name else "eval"
+        results[f"{prefix}/acc_mean"], results[f"{prefix}/acc_std"] = report.mean_std(accs)
+        rows.append({"set": f"{config.method} synthetic ({name or config.eval.model.name})",
+                     "acc (%)": report.fmt_mean_std(accs)})
+    done = baselines(config, data, eval_model, ecfg, workdir) if config.eval.baselines else {}
+    for name, accs in done.items():
+        results[f"baseline/{name}/acc_mean"], results[f"baseline/{name}/acc_std"] = (
+            report.mean_std(accs))
+        rows.append({"set": f"baseline: {name}", "acc (%)": report.fmt_mean_std(accs)})
+    results["distill/final_loss"] = float(records[-1]["distill/train/loss"]) if records else math.nan
+    results["distill/skipped"] = float(state["skipped"])
+    results["wall_time_s"] = time.time() - t0
+    results["distill/wall_time_s"] = distill_s
+    if trajectories is not None:
+        results["experts/disk_mb"] = trajectories.disk_bytes() / 2**20
+        results["experts/final_acc_mean"] = float(np.mean(trajectories.accuracy[-1]))
+    if config.method in TRAJECTORY_METHODS:
+        results["distill/lr"] = float(syn["lr"])
+    report.write_results(os.path.join(workdir, "results.json"), results)
+    title = (f"{config.method} on {data.name}, ipc {config.ipc} ({ecfg.num_nets} fresh nets, "
+             "last-epoch test accuracy)")
+    print(report.format_table(rows, title=title), flush=True)
+    return results

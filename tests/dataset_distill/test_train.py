@@ -1,0 +1,85 @@
+"""The dataset-distillation driver: outputs, resume, baselines and bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs.dataset_distill import mtt_digits
+from jaxkd.core import errors
+from jaxkd.dataset_distill import train as dd_train
+from jaxkd.dataset_distill.experts import MissingExpertsError
+
+
+def _smoke(module, **overrides):
+    c = module.get_config("smoke")
+    c.distill.progress = False
+    c.eval.cross_models = ""
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def mtt_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mtt"))
+    config = _smoke(mtt_digits, ipc=2)
+    results = dd_train.train_and_evaluate(config, workdir)
+    return workdir, config, results
+
+
+def test_mtt_writes_the_synthetic_set_pictures_and_results(mtt_run):
+    workdir, config, results = mtt_run
+    syn = np.load(os.path.join(workdir, "synthetic.npz"))
+    assert syn["images"].shape == (20, 8, 8, 1) and syn["images"].dtype == np.float32
+    assert syn["labels"].tolist() == np.repeat(np.arange(10), 2).tolist()
+    # The data set's own units: digits pixels are 0..16.
+    assert syn["images"].min() >= -1e-4 and syn["images"].max() <= 16 + 1e-4
+    assert syn["lr"].shape == () and syn["lr"] > 0
+    for name in ("synthetic.png", "distill_curves.png", "metrics.jsonl", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    for key in ("eval/acc_mean", "eval/acc_std", "baseline/random/acc_mean",
+                "baseline/class_mean/acc_mean", "baseline/full/acc_mean"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert json.load(open(os.path.join(workdir, "results.json"))) == pytest.approx(
+        {k: v for k, v in results.items()})
+    assert results["experts/disk_mb"] > 0
+
+
+def test_resuming_gives_the_same_synthetic_set(mtt_run, tmp_path):
+    workdir, config, _ = mtt_run
+    short = _smoke(mtt_digits, ipc=2)
+    short.experts.dir = os.path.join(workdir, "experts")
+    short.distill.iterations = 2
+    short.eval.baselines = False
+    dd_train.train_and_evaluate(short, str(tmp_path))  # "interrupted" after 2 iterations
+    full = _smoke(mtt_digits, ipc=2)
+    full.experts.dir = os.path.join(workdir, "experts")
+    full.eval.baselines = False
+    dd_train.train_and_evaluate(full, str(tmp_path))  # resumes at 2, runs to 4
+    a = np.load(os.path.join(workdir, "synthetic.npz"))
+    b = np.load(os.path.join(tmp_path, "synthetic.npz"))
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["lr"], b["lr"])
+
+
+def test_bad_inputs_give_one_clear_message(mtt_run, tmp_path):
+    workdir, _, _ = mtt_run
+    with pytest.raises(errors.ConfigError, match=r"ipc=200 is more than the \d+ training"):
+        dd_train.train_and_evaluate(_smoke(mtt_digits, ipc=200), str(tmp_path))
+    with pytest.raises(MissingExpertsError, match="no expert trajectories.*experts.train"):
+        dd_train.train_and_evaluate(
+            _smoke(mtt_digits, **{"experts.train": False,
+                                  "experts.dir": str(tmp_path / "none")}), str(tmp_path))
+    with pytest.raises(errors.ConfigError, match="beyond the saved trajectories"):
+        dd_train.train_and_evaluate(
+            _smoke(mtt_digits, **{"experts.train": False,
+                                  "experts.dir": os.path.join(workdir, "experts"),
+                                  "mtt.max_start_epoch": 5}), str(tmp_path))
+    with pytest.raises(errors.ConfigError, match="config.method='kip'"):
+        dd_train.check_config(_smoke(mtt_digits, method="kip"))
