@@ -24,15 +24,15 @@ def test_kd_step_benchmark_prints_its_ratios():
 
 def test_kd_methods_benchmark_prints_a_ratio_per_method():
     r = subprocess.run(
+        # A subset keeps CI fast: each feature term's step is tested in tests/kd; this checks
+        # the benchmark's own plumbing (relational, CRD's banks, VID's adapter, the cache).
         [sys.executable, "benchmarks/kd_methods_step.py", "--batch", "8", "--image-size", "8",
-         "--num-classes", "10", "--steps", "1", "--rounds", "1"],
+         "--num-classes", "10", "--steps", "1", "--rounds", "1", "--methods", "dkd,rkd,crd,vid"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(out) == {f"{m}_over_hinton" for m in ("hinton", "dkd", "dist", "fitnet", "at",
-                                                      "rkd", "pkt", "sp", "ickd", "cc", "vid",
-                                                      "crd")} | {
+    assert set(out) == {f"{m}_over_hinton" for m in ("hinton", "dkd", "rkd", "crd", "vid")} | {
         "cached_over_ce"}
     assert out["hinton_over_hinton"] == 1.0
 

@@ -126,11 +126,12 @@ class LoopConfig:
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 500
     on_nonfinite: str = "stop"  # or "skip"
+    on_nonfinite_key: str = "config.train.on_nonfinite"  # named in the error message
     progress: bool = True
 
 
 def _check_nonfinite(state: dict, name: str, policy: str, last_saved: int | None,
-                     directory: str) -> int:
+                     directory: str, key: str = "config.train.on_nonfinite") -> int:
     nf = jax.device_get(state["nonfinite"])
     count = int(nf["count"])
     if count and policy == "stop":
@@ -140,7 +141,7 @@ def _check_nonfinite(state: dict, name: str, policy: str, last_saved: int | None
         raise NonFiniteError(
             f"[{name}] non-finite train/{metric} at step {int(nf['first_step'])}; the update was "
             f"not applied and {saved}. Lower the learning rate or set "
-            f"config.train.on_nonfinite='skip' to skip such steps."
+            f"{key}='skip' to skip such steps."
         )
     return count
 
@@ -204,7 +205,8 @@ def fit(
 
     def save(step):
         nonlocal last_saved
-        _check_nonfinite(state, name, cfg.on_nonfinite, last_saved, directory)
+        _check_nonfinite(state, name, cfg.on_nonfinite, last_saved, directory,
+                         cfg.on_nonfinite_key)
         if last_saved != step:
             checkpointer.save(step, state, data=pipeline.get_state(), meta=meta)
             last_saved = step
@@ -220,7 +222,8 @@ def fit(
             state, metrics = step_fn(state, batch)
             history.append(metrics)
             if step % cfg.log_every == 0 or step == cfg.total_steps:
-                count = _check_nonfinite(state, name, cfg.on_nonfinite, last_saved, directory)
+                count = _check_nonfinite(state, name, cfg.on_nonfinite, last_saved, directory,
+                                         cfg.on_nonfinite_key)
                 scalars = _mean_metrics(history)
                 now = time.perf_counter()
                 scalars["steps_per_s"] = len(history) / max(now - t_log, 1e-9)

@@ -341,7 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointer=checkpointer, meta=meta, writer=writer,
             cfg=loop.LoopConfig(total_steps=total, log_every=d.log_every,
                                 checkpoint_every=d.checkpoint_every,
-                                on_nonfinite=d.on_nonfinite, progress=progress))
+                                on_nonfinite=d.on_nonfinite,
+                                on_nonfinite_key="config.distill.on_nonfinite",
+                                progress=progress))
     distill_s = time.time() - t0
     syn = jax.device_get(state["syn"])
 

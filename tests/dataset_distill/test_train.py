@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs.dataset_distill import mtt_digits
-from jaxkd.core import errors
+from jaxkd.core import errors, loop
 from jaxkd.dataset_distill import train as dd_train
 from jaxkd.dataset_distill.experts import MissingExpertsError
 
@@ -81,5 +81,10 @@ def test_bad_inputs_give_one_clear_message(mtt_run, tmp_path):
             _smoke(mtt_digits, **{"experts.train": False,
                                   "experts.dir": os.path.join(workdir, "experts"),
                                   "mtt.max_start_epoch": 5}), str(tmp_path))
+    with pytest.raises(loop.NonFiniteError, match=r"at step 1\b.*config.distill.on_nonfinite"):
+        dd_train.train_and_evaluate(
+            _smoke(mtt_digits, **{"experts.train": False, "distill.lr_init": 1e30,
+                                  "experts.dir": os.path.join(workdir, "experts")}),
+            str(tmp_path / "diverged"))
     with pytest.raises(errors.ConfigError, match="config.method='kip'"):
         dd_train.check_config(_smoke(mtt_digits, method="kip"))
