@@ -51,7 +51,8 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # ``label_epoch``, 0 = its last saved epoch). Optimisers: SGD with ``momentum`` for the
     # images (lr_img) and the inner learning rate (lr_lr, initialised to lr_init), SGD with
     # ``label_momentum`` for soft labels (lr_label).
-    c.distill = dict(iterations=500, init="real", labels="hard", label_epoch=0,
+    # ``init_file``: start from a synthetic.npz instead (with iterations=0: evaluate it).
+    c.distill = dict(iterations=500, init="real", init_file="", labels="hard", label_epoch=0,
                      lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0, momentum=0.5,
                      label_momentum=0.9, log_every=10, checkpoint_every=100,
                      on_nonfinite="stop", progress=True)

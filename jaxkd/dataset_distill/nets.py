@@ -157,11 +157,15 @@ class NetTrainer:
         steps_per_epoch = -(-num // batch)
         step_fn = self._step_per_net if per_net else self._step
         base = jax.random.key(seed)
+        order, order_epoch = None, None
         for step in range(first_step, first_step + num_steps):
             epoch, within = divmod(step, steps_per_epoch)
-            idx = np.stack([batch_indices(np.random.default_rng([seed, k, epoch]), num,
-                                          batch, steps_per_epoch)[within]
-                            for k in range(num_nets)])
+            if epoch != order_epoch:  # [K, steps_per_epoch, batch]: this epoch's minibatches
+                order = np.stack([batch_indices(np.random.default_rng([seed, k, epoch]), num,
+                                                batch, steps_per_epoch)
+                                  for k in range(num_nets)])
+                order_epoch = epoch
+            idx = order[:, within]
             keys = jax.random.split(jax.random.fold_in(base, step), num_nets)
             thetas, vels, losses = step_fn(thetas, vels, x, targets, idx, keys,
                                               lr_at(self.sgd, step, total_steps, lr))

@@ -111,6 +111,9 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
         raise errors.ConfigError(f"config.method={config.method!r}; valid: {', '.join(METHODS)}")
     if config.ipc < 1:
         raise errors.ConfigError(f"config.ipc={config.ipc} must be >= 1")
+    if config.distill.iterations < 0:
+        raise errors.ConfigError(f"config.distill.iterations={config.distill.iterations} must "
+                                 "be >= 0 (0 = evaluate config.distill.init_file as it is)")
     if config.distill.init not in ("real", "noise"):
         raise errors.ConfigError(f"config.distill.init={config.distill.init!r}; valid: real, noise")
     if config.distill.labels not in ("hard", "expert"):
@@ -164,6 +167,42 @@ def init_synthetic(config, data: RealData, model: FlatModel,
     else:
         labels = jnp.asarray(logits[idx])
     return {"images": images, "labels": labels, "lr": jnp.float32(config.distill.lr_init)}
+
+
+def load_synthetic(path: str, data: RealData, ipc: int, soft: bool) -> dict:
+    """Reads a ``synthetic.npz`` (as this driver writes it) into the distillation variables.
+
+    Raises:
+      ConfigError: the file is missing, or an array has the wrong shape (names the array,
+        both shapes and the fix).
+    """
+    if not os.path.exists(path):
+        raise errors.ConfigError(f"config.distill.init_file={path!r} does not exist")
+    nc, n = data.num_classes, data.num_classes * ipc
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    for name in ("images", "labels"):
+        if name not in arrays:
+            raise errors.ConfigError(f"{path} has no array {name!r} (found: {sorted(arrays)})")
+    images, labels = arrays["images"], arrays["labels"]
+    if images.shape != (n, *data.shape):
+        raise errors.ConfigError(
+            f"{path}: 'images' has shape {images.shape}, but {data.name} at ipc={ipc} needs "
+            f"{(n, *data.shape)} ({nc} classes x {ipc} images of shape {data.shape}); set "
+            "config.ipc to the file's images per class or use a file made for this data set")
+    if labels.shape not in ((n,), (n, nc)):
+        raise errors.ConfigError(
+            f"{path}: 'labels' has shape {labels.shape}; expected {(n,)} (class ids) or "
+            f"{(n, nc)} (soft labels)")
+    x = jnp.asarray((images.astype(np.float32) - data.mean) / data.std)
+    if labels.ndim == 1:
+        y = eval_lib.one_hot(labels.astype(np.int32), nc)
+        y = jnp.log(jnp.clip(y, 1e-6, 1.0)) if soft else y
+    else:
+        y = jnp.log(jnp.clip(jnp.asarray(labels, jnp.float32), 1e-12, 1.0)) if soft else (
+            jnp.asarray(labels, jnp.float32))
+    lr = float(arrays["lr"]) if "lr" in arrays else None
+    return {"images": x, "labels": y, "lr": lr}
 
 
 def make_optimizer(config, soft: bool) -> optax.GradientTransformation:
@@ -226,7 +265,7 @@ def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfi
     acc["random"] = eval_lib.evaluate(
         model, jnp.stack([data.x[s] for s in subsets]), jnp.stack([labels] * ecfg.num_nets),
         data.x_test, data.y_test, ecfg, per_net=True)
-    means = class_means_cached(data, ipc, seed=config.seed)
+    means = eval_lib.class_means(np.asarray(data.x), data.y, ipc, nc, seed=config.seed)
     acc["class_mean"] = eval_lib.evaluate(model, jnp.asarray(means), labels, data.x_test,
                                           data.y_test, ecfg)
     if config.eval.full_epochs > 0:
@@ -235,10 +274,6 @@ def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfi
     out = {k: [float(a) for a in v] for k, v in acc.items()}
     report.write_json_atomic(path, {"key": key, "acc": out})
     return out
-
-
-def class_means_cached(data: RealData, ipc: int, seed: int) -> np.ndarray:
-    return eval_lib.class_means(np.asarray(data.x), data.y, ipc, data.num_classes, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -294,6 +329,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                       DMConfig(**config.dm.to_dict()), _dsa(config.dsa),
                                       seed=config.seed)
     syn0 = init_synthetic(config, data, model, trajectories)
+    if config.distill.init_file:
+        loaded = load_synthetic(config.distill.init_file, data, config.ipc, soft)
+        syn0 = {**syn0, "images": loaded["images"], "labels": loaded["labels"]}
+        if loaded["lr"] is not None:
+            syn0["lr"] = jnp.float32(loaded["lr"])
 
     # -- state, update and loop
     tx = make_optimizer(config, soft)
@@ -353,11 +393,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     viz.synthetic_grid(os.path.join(workdir, "synthetic.png"), data.to_stored(syn["images"]),
                        np.repeat(np.arange(data.num_classes), config.ipc),
                        data.to_stored(data.x), data.y, title=f"{config.method}, ipc {config.ipc}")
-    records = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    report.plot_curves(os.path.join(workdir, "distill_curves.png"),
-                       {"loss": metrics.series(records, "distill/train/loss")},
-                       title=f"{config.method} on {data.name}, ipc {config.ipc}",
-                       ylabel="distillation loss")
+    path = os.path.join(workdir, "metrics.jsonl")
+    records = [r for r in (metrics.read_metrics(path) if os.path.exists(path) else [])
+               if "distill/train/loss" in r]
+    if records:
+        report.plot_curves(os.path.join(workdir, "distill_curves.png"),
+                           {"loss": metrics.series(records, "distill/train/loss")},
+                           title=f"{config.method} on {data.name}, ipc {config.ipc}",
+                           ylabel="distillation loss")
 
     lr = float(syn["lr"]) if (config.method in TRAJECTORY_METHODS
                               and config.eval.learned_lr) else None

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from configs.dataset_distill import mtt_digits
+from configs.dataset_distill import dm_digits, mtt_digits
 from jaxkd.core import errors, loop
 from jaxkd.dataset_distill import train as dd_train
 from jaxkd.dataset_distill.experts import MissingExpertsError
@@ -88,3 +88,21 @@ def test_bad_inputs_give_one_clear_message(mtt_run, tmp_path):
             str(tmp_path / "diverged"))
     with pytest.raises(errors.ConfigError, match="config.method='kip'"):
         dd_train.check_config(_smoke(mtt_digits, method="kip"))
+
+
+def test_a_synthetic_file_can_be_evaluated_and_a_wrong_one_is_refused(mtt_run, tmp_path):
+    workdir, _, results = mtt_run
+    path = os.path.join(workdir, "synthetic.npz")
+    again = dd_train.train_and_evaluate(
+        _smoke(mtt_digits, ipc=2, **{"distill.init_file": path, "distill.iterations": 0,
+                                     "eval.baselines": False, "experts.train": False,
+                                     "experts.dir": os.path.join(workdir, "experts")}),
+        str(tmp_path / "eval"))
+    # Same images (through the file's units and back), learned lr and protocol networks: the
+    # accuracy of the run that wrote the file, up to float rounding (1 test image = 0.0028).
+    assert abs(again["eval/acc_mean"] - results["eval/acc_mean"]) <= 0.006
+    with pytest.raises(errors.ConfigError,
+                       match=r"'images' has shape \(20, 8, 8, 1\), but sklearn_digits at "
+                             r"ipc=3 needs \(30, 8, 8, 1\)"):
+        dd_train.train_and_evaluate(
+            _smoke(dm_digits, ipc=3, **{"distill.init_file": path}), str(tmp_path / "bad"))
