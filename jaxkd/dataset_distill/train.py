@@ -194,6 +194,14 @@ def load_synthetic(path: str, data: RealData, ipc: int, soft: bool) -> dict:
         raise errors.ConfigError(
             f"{path}: 'labels' has shape {labels.shape}; expected {(n,)} (class ids) or "
             f"{(n, nc)} (soft labels)")
+    classes = labels if labels.ndim == 1 else labels.argmax(-1)
+    counts = np.bincount(classes.astype(np.int64), minlength=nc)
+    if len(counts) != nc or np.any(counts != ipc):
+        raise errors.ConfigError(
+            f"{path}: the labels give {counts.tolist()} images per class; config.ipc={ipc} "
+            f"needs exactly {ipc} of each of the {nc} classes")
+    order = np.argsort(classes, kind="stable")  # class by class, as the methods expect
+    images, labels = images[order], labels[order]
     x = jnp.asarray((images.astype(np.float32) - data.mean) / data.std)
     if labels.ndim == 1:
         y = eval_lib.one_hot(labels.astype(np.int32), nc)

@@ -106,3 +106,20 @@ def test_a_synthetic_file_can_be_evaluated_and_a_wrong_one_is_refused(mtt_run, t
                              r"ipc=3 needs \(30, 8, 8, 1\)"):
         dd_train.train_and_evaluate(
             _smoke(dm_digits, ipc=3, **{"distill.init_file": path}), str(tmp_path / "bad"))
+
+
+def test_load_synthetic_puts_classes_in_order_and_checks_counts(tmp_path):
+    data = dd_train.load_real("sklearn_digits")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 16, (20, 8, 8, 1)).astype(np.float32)
+    labels = rng.permutation(np.repeat(np.arange(10), 2))
+    np.savez(tmp_path / "s.npz", images=images, labels=labels)
+    syn = dd_train.load_synthetic(str(tmp_path / "s.npz"), data, 2, soft=False)
+    order = np.argsort(labels, kind="stable")
+    assert np.argmax(syn["labels"], -1).tolist() == np.repeat(np.arange(10), 2).tolist()
+    np.testing.assert_allclose(data.to_stored(syn["images"]), images[order], atol=1e-5)
+    bad = np.repeat(np.arange(10), 2)
+    bad[2] = 0  # three zeros, one one
+    np.savez(tmp_path / "bad.npz", images=images, labels=bad)
+    with pytest.raises(errors.ConfigError, match="images per class; config.ipc=2 needs exactly"):
+        dd_train.load_synthetic(str(tmp_path / "bad.npz"), data, 2, soft=False)
