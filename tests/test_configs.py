@@ -54,9 +54,20 @@ def test_get_config_default_smoke_and_strict_args(path):
 
 @pytest.mark.parametrize("path", TWINS)
 def test_mnist1d_method_configs_pass_every_check_before_training(path):
+    config = _module(path).get_config("smoke")
+    if path.startswith("configs/dataset_distill/"):
+        from jaxkd.dataset_distill import train  # pylint: disable=g-import-not-at-top
+
+        train.check_config(config, train.load_real(config.data.name))
+        # Every model the run builds, on this data set's shapes.
+        data = train.load_real(config.data.name)
+        train._model(config.model.name, config.model.kwargs.to_dict(), data, "config.model")
+        train._model(config.eval.model.name, config.eval.model.kwargs.to_dict(), data,
+                     "config.eval.model")
+        return
     from jaxkd.kd import train  # pylint: disable=g-import-not-at-top
 
-    train.check_config(_module(path).get_config("smoke"))
+    train.check_config(config)
 
 
 def test_the_check_before_training_catches_a_bad_layer():

@@ -19,6 +19,8 @@ DATA = {
         strategy="color_crop_cutout_scale"),
 }
 
+SHORT = {"sklearn_digits": "digits", "mnist1d": "mnist1d"}  # config file suffixes
+
 
 def sgd(lr: float, momentum: float, weight_decay: float, batch_size: int,
         decay_at: float = 0.5) -> ml_collections.ConfigDict:

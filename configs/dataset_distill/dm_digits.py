@@ -17,9 +17,15 @@ _IPCS = (1, 10, 50)
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0})
+    return make("sklearn_digits", arg)
+
+
+def make(data: str, arg=None):
+    """The DM config on ``data`` (also used by ``dm_mnist1d.py``)."""
+    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
+                            config_path=f"configs/dataset_distill/dm_{_base.SHORT[data]}.py")
     check_choice("ipc", args.ipc, _IPCS)
-    c = _base.dd_config(method="dm", data="sklearn_digits", ipc=args.ipc, seed=args.seed,
+    c = _base.dd_config(method="dm", data=data, ipc=args.ipc, seed=args.seed,
                         smoke=args.smoke)
     c.distill.lr_img = 1.0
     c.distill.lr_lr = 0.0

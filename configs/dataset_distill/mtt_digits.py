@@ -22,9 +22,15 @@ _SETTINGS = {1: (20, 2, 2, 100.0, 1e-6), 10: (20, 2, 5, 100.0, 1e-5),
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0})
+    return make("sklearn_digits", arg)
+
+
+def make(data: str, arg=None):
+    """The MTT config on ``data`` (also used by ``mtt_mnist1d.py``)."""
+    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
+                            config_path=f"configs/dataset_distill/mtt_{_base.SHORT[data]}.py")
     check_choice("ipc", args.ipc, _SETTINGS)
-    c = _base.dd_config(method="mtt", data="sklearn_digits", ipc=args.ipc, seed=args.seed,
+    c = _base.dd_config(method="mtt", data=data, ipc=args.ipc, seed=args.seed,
                         smoke=args.smoke)
     if not args.smoke:
         steps, epochs, start, lr_img, lr_lr = _SETTINGS[args.ipc]
