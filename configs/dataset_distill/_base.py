@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from jaxkd.core.config_args import ConfigArgs, check_choice, parse_config_arg
+
 # Per data set: the protocol network and DSA strategy. Digits and MNIST-1D are not flipped
 # (a mirrored digit is another symbol); MNIST-1D signals cannot be rotated.
 # ``model`` distils (and, for trajectory methods, is the experts' architecture); ``eval_model``
@@ -93,3 +95,13 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
         for node in (c.dsa, c.experts.dsa, c.eval.dsa):
             node.strategy = "crop"
     return c
+
+
+def method_config(method: str, data: str, arg: str | None,
+                  ipcs) -> tuple[ConfigArgs, ml_collections.ConfigDict]:
+    """Parses ``arg`` (``ipc=N``, ``seed=N``, ``smoke``) strictly and builds :func:`dd_config`."""
+    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
+                            config_path=f"configs/dataset_distill/{method}_{SHORT[data]}.py")
+    check_choice("ipc", args.ipc, ipcs)
+    return args, dd_config(method=method, data=data, ipc=args.ipc, seed=args.seed,
+                           smoke=args.smoke)

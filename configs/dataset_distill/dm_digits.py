@@ -11,7 +11,6 @@ Args after the colon (comma-separated, all optional):
 """
 
 from configs.dataset_distill import _base
-from jaxkd.core.config_args import check_choice, parse_config_arg
 
 _IPCS = (1, 10, 50)
 
@@ -22,11 +21,7 @@ def get_config(arg=None):
 
 def make(data: str, arg=None):
     """The DM config on ``data`` (also used by ``dm_mnist1d.py``)."""
-    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
-                            config_path=f"configs/dataset_distill/dm_{_base.SHORT[data]}.py")
-    check_choice("ipc", args.ipc, _IPCS)
-    c = _base.dd_config(method="dm", data=data, ipc=args.ipc, seed=args.seed,
-                        smoke=args.smoke)
+    args, c = _base.method_config("dm", data, arg, _IPCS)
     c.distill.lr_img = 1.0
     c.distill.lr_lr = 0.0
     if not args.smoke:

@@ -13,10 +13,9 @@ Args after the colon (comma-separated, all optional):
 """
 
 from configs.dataset_distill import _base
-from jaxkd.core.config_args import check_choice, parse_config_arg
 
-# Per ipc: (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr), MTT's CIFAR-10 table
-# scaled to this data set (see docs/results.md for the sweep that chose them).
+# Per ipc: (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr). NOT tuned for digits
+# yet: lr_img 100 saturates the images here (docs/ROADMAP.md lists what was tried).
 _SETTINGS = {1: (20, 2, 2, 100.0, 1e-6), 10: (20, 2, 5, 100.0, 1e-5),
              50: (20, 2, 10, 100.0, 1e-5)}
 
@@ -27,11 +26,7 @@ def get_config(arg=None):
 
 def make(data: str, arg=None):
     """The MTT config on ``data`` (also used by ``mtt_mnist1d.py``)."""
-    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
-                            config_path=f"configs/dataset_distill/mtt_{_base.SHORT[data]}.py")
-    check_choice("ipc", args.ipc, _SETTINGS)
-    c = _base.dd_config(method="mtt", data=data, ipc=args.ipc, seed=args.seed,
-                        smoke=args.smoke)
+    args, c = _base.method_config("mtt", data, arg, _SETTINGS)
     if not args.smoke:
         steps, epochs, start, lr_img, lr_lr = _SETTINGS[args.ipc]
         c.mtt.syn_steps, c.mtt.expert_epochs, c.mtt.max_start_epoch = steps, epochs, start

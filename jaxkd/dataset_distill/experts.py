@@ -33,6 +33,7 @@ import numpy as np
 from jaxkd.core import errors, report
 from jaxkd.core.progress import Progress
 from jaxkd.dataset_distill.augment import DSAConfig
+from jaxkd.dataset_distill.evaluate import one_hot
 from jaxkd.dataset_distill.nets import FlatModel, NetTrainer, SGDConfig
 
 __all__ = ["ExpertsMismatchError", "MissingExpertsError", "Trajectories", "train_experts"]
@@ -77,7 +78,8 @@ def _check_meta(directory: str, meta: dict) -> None:
 
 
 def train_experts(directory: str, model: FlatModel, x: jnp.ndarray, labels: np.ndarray,
-                  x_test: jnp.ndarray, labels_test: np.ndarray, *, num_classes: int, num_experts: int,
+                  x_test: jnp.ndarray, labels_test: np.ndarray, *, num_classes: int,
+                  num_experts: int,
                   epochs: int, sgd: SGDConfig, dsa_cfg: DSAConfig, seed: int,
                   description: dict[str, Any], progress: bool = True) -> Trajectories:
     """Trains (or finishes training) ``num_experts`` experts for ``epochs`` epochs.
@@ -128,7 +130,7 @@ def train_experts(directory: str, model: FlatModel, x: jnp.ndarray, labels: np.n
         _save_npy(os.path.join(directory, "epoch_0000.npy"), thetas)
         accuracy = [trainer.accuracy(thetas, x_test, labels_test).tolist()]
     report.write_json_atomic(os.path.join(directory, "meta.json"), {**meta, "epochs": epochs})
-    targets = jnp.eye(num_classes, dtype=jnp.float32)[labels]
+    targets = one_hot(labels, num_classes)
     bar = Progress(total_steps, initial=last * steps_per_epoch, desc="experts",
                    enabled=progress, batch_size=batch * num_experts)
     with bar:

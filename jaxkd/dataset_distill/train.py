@@ -37,7 +37,7 @@ from jaxkd.dataset_distill import experts as experts_lib
 from jaxkd.dataset_distill import viz
 from jaxkd.dataset_distill.augment import DSAConfig, parse_strategy
 from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
-from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching
+from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching, label_targets
 from jaxkd.dataset_distill.nets import FlatModel, SGDConfig
 from jaxkd.dataset_distill.unroll import METHODS as HYPERGRAD_METHODS
 from jaxkd.models import registry
@@ -237,14 +237,10 @@ class _Iterations:
         del state
 
 
-def _targets(syn: dict, soft: bool) -> jax.Array:
-    return jax.nn.softmax(syn["labels"], -1) if soft else syn["labels"]
-
-
 def _write_synthetic(path: str, syn: dict, data: RealData, soft: bool, learns_lr: bool) -> None:
     arrays = {"images": data.to_stored(syn["images"])}
     if soft:
-        arrays["labels"] = np.asarray(_targets(syn, True), np.float32)
+        arrays["labels"] = np.asarray(label_targets(syn["labels"], True), np.float32)
     else:
         arrays["labels"] = np.asarray(jnp.argmax(syn["labels"], -1), np.int32)
     if learns_lr:
@@ -412,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     lr = float(syn["lr"]) if (config.method in TRAJECTORY_METHODS
                               and config.eval.learned_lr) else None
-    targets = _targets(syn, soft)
+    targets = label_targets(syn["labels"], soft)
     results: dict[str, float] = {}
     rows = []
     for name, m in eval_models.items():
