@@ -56,3 +56,14 @@ def test_trajectory_memory_benchmark_prints_its_ratios():
     assert out["ours_16_over_ours_2"] > 0 and out["time_ours_over_naive_2"] > 0
     # Ours stores parameter vectors only; naive autodiff keeps every step's activations.
     assert out["ours_over_naive_16"] < 0.5
+
+
+def test_tesla_gradient_benchmark_prints_its_comparison(tmp_path):
+    r = subprocess.run([sys.executable, "benchmarks/tesla_gradient.py", "--smoke", "--draws", "1",
+                        "--experts", str(tmp_path / "experts")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # Smoke size: 3 inner steps, so TESLA is close to, but not exactly, the exact gradient.
+    assert 0.5 < out["images_cosine_mean"] < 1.0 and out["images_rel_err_mean"] > 0
+    assert (tmp_path / "experts" / "meta.json").exists()

@@ -46,6 +46,7 @@ __all__ = ["METHODS", "RealData", "load_real", "train_and_evaluate"]
 
 METHODS: tuple[str, ...] = ("mtt", "dm")
 TRAJECTORY_METHODS = ("mtt",)
+INITS: tuple[str, ...] = ("real", "noise", "class_mean")  # config.distill.init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +115,9 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
     if config.distill.iterations < 0:
         raise errors.ConfigError(f"config.distill.iterations={config.distill.iterations} must "
                                  "be >= 0 (0 = evaluate config.distill.init_file as it is)")
-    if config.distill.init not in ("real", "noise"):
-        raise errors.ConfigError(f"config.distill.init={config.distill.init!r}; valid: real, noise")
+    if config.distill.init not in INITS:
+        raise errors.ConfigError(f"config.distill.init={config.distill.init!r}; valid: "
+                                 f"{', '.join(INITS)}")
     if config.distill.labels not in ("hard", "expert"):
         raise errors.ConfigError(
             f"config.distill.labels={config.distill.labels!r}; valid: hard, expert (soft labels "
@@ -162,8 +164,13 @@ def init_synthetic(config, data: RealData, model: FlatModel,
     images = data.x[idx]
     if config.distill.init == "noise":
         images = jnp.asarray(rng.standard_normal(images.shape), jnp.float32)
+    elif config.distill.init == "class_mean":  # the class-mean baseline's images (k-means)
+        images = jnp.asarray(eval_lib.class_means(np.asarray(data.x), y, ipc, nc,
+                                                  seed=config.seed))
     if logits is None:
         labels = eval_lib.one_hot(np.repeat(np.arange(nc), ipc), nc)
+    elif config.distill.init == "class_mean":
+        labels = jax.jit(model.apply)(theta, images)
     else:
         labels = jnp.asarray(logits[idx])
     return {"images": images, "labels": labels, "lr": jnp.float32(config.distill.lr_init)}

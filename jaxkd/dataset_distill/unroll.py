@@ -34,6 +34,19 @@ Three ways to get the same exact hypergradient (``method``):
 - ``"naive"``: the steps unrolled in Python inside one jitted ``value_and_grad``; memory grows
   with ``N``. The reference the others are tested and benchmarked against.
 
+One approximate method, for comparison with the literature:
+
+- ``"tesla"``: TESLA's two-pass gradient (Cui et al. 2023). For MTT's inner SGD,
+  ``theta_N = theta_0 - sum_i alpha * g_i`` with ``g_i = grad CE(theta_i; S_i)``, and TESLA
+  takes ``dtheta_N/dhyper ~ sum_i d(step_i)/dhyper`` with each ``theta_i`` held fixed: every
+  step's VJP gets the same cotangent ``dL/dtheta_N`` instead of ``lam_{i+1}``. That drops the
+  cross-step terms ``prod_{j>i} (I - alpha H_j)`` (``H_j`` the inner Hessian at step ``j``),
+  so it is exact for ``N = 1`` or an inner loss linear in ``theta`` and biased otherwise; the
+  steps no longer depend on each other, which is what let TESLA batch and discard them. It
+  equals naive autodiff of the unrolled steps with ``stop_gradient`` on each step's incoming
+  ``theta`` (a test); ``benchmarks/tesla_gradient.py`` measures how far it is from the exact
+  gradient on real MTT draws.
+
 Shapes: ``theta`` is a flat float vector ``[P]`` (``jax.flatten_util.ravel_pytree`` of a model's
 parameters), ``hyper`` any pytree of float arrays, ``aux`` a pytree whose leaves have a leading
 axis of length ``N`` (``aux_i = tree_map(lambda a: a[i], aux)``), ``ctx`` any pytree of arrays
@@ -52,7 +65,7 @@ import numpy as np
 StepFn = Callable[[jax.Array, Any, Any], jax.Array]
 OuterLoss = Callable[[jax.Array, Any], jax.Array]
 
-METHODS: tuple[str, ...] = ("reverse", "scan", "naive")
+METHODS: tuple[str, ...] = ("reverse", "scan", "naive", "tesla")
 
 __all__ = ["METHODS", "Unroller", "compiled_bytes", "num_steps"]
 
@@ -98,6 +111,7 @@ class Unroller:
         self._step = jax.jit(step)
         self._outer = jax.jit(jax.value_and_grad(outer_loss))
         self._step_vjp = jax.jit(self._vjp_one, donate_argnums=(3,))
+        self._step_vjp_hyper = jax.jit(self._vjp_hyper)
         self._scan = jax.jit(jax.value_and_grad(self._scan_loss, argnums=1, has_aux=True))
         self._naive = jax.jit(jax.value_and_grad(self._naive_loss, argnums=1, has_aux=True))
 
@@ -106,6 +120,10 @@ class Unroller:
     def _vjp_one(self, theta, hyper, aux_i, cotangent):
         _, pullback = jax.vjp(lambda t, h: self.step(t, h, aux_i), theta, hyper)
         return pullback(cotangent)
+
+    def _vjp_hyper(self, theta, hyper, aux_i, cotangent):
+        _, pullback = jax.vjp(lambda h: self.step(theta, h, aux_i), hyper)
+        return pullback(cotangent)[0]
 
     def _scan_loss(self, theta0, hyper, aux, ctx):
         body = jax.checkpoint(lambda t, a: self.step(t, hyper, a))
@@ -129,7 +147,7 @@ class Unroller:
 
     def value_and_grad(self, theta0: jax.Array, hyper: Any, aux: Any,
                        ctx: Any) -> tuple[jax.Array, Any, jax.Array]:
-        """``(L(theta_N), dL/dhyper, theta_N)``, exactly, by ``self.method``."""
+        """``(L(theta_N), dL/dhyper, theta_N)`` by ``self.method`` (exact but for ``"tesla"``)."""
         if self.method == "scan":
             (loss, theta_n), grad = self._scan(theta0, hyper, aux, ctx)
             return loss, grad, theta_n
@@ -140,6 +158,11 @@ class Unroller:
         loss, cotangent = self._outer(thetas[-1], ctx)
         theta_n = thetas[-1]
         grad = jax.tree.map(jnp.zeros_like, hyper)
+        if self.method == "tesla":
+            for i in range(len(thetas) - 1):
+                dhyper = self._step_vjp_hyper(thetas[i], hyper, _index(aux, i), cotangent)
+                grad = jax.tree.map(jnp.add, grad, dhyper)
+            return loss, grad, theta_n
         for i in reversed(range(len(thetas) - 1)):
             cotangent, dhyper = self._step_vjp(thetas[i], hyper, _index(aux, i), cotangent)
             grad = jax.tree.map(jnp.add, grad, dhyper)
@@ -150,8 +173,8 @@ class Unroller:
         """Compiled memory of one hypergradient by ``self.method``, in bytes.
 
         ``"naive"`` and ``"scan"``: :func:`compiled_bytes` of their single program.
-        ``"reverse"``: the largest of its programs (step, outer gradient, per-step VJP) plus the
-        ``N`` parameter vectors it holds besides the one that program already counts.
+        ``"reverse"`` and ``"tesla"``: the largest of their programs (step, outer gradient,
+        per-step VJP) plus the ``N`` parameter vectors held besides the one that program counts.
         """
         if self.method == "scan":
             return compiled_bytes(self._scan, theta0, hyper, aux, ctx)
@@ -161,6 +184,7 @@ class Unroller:
         programs = [
             compiled_bytes(self._step, theta0, hyper, aux0),
             compiled_bytes(self._outer, theta0, ctx),
-            compiled_bytes(self._step_vjp, theta0, hyper, aux0, theta0),
+            compiled_bytes(self._step_vjp_hyper if self.method == "tesla" else self._step_vjp,
+                           theta0, hyper, aux0, theta0),
         ]
         return max(programs) + num_steps(aux) * theta0.size * theta0.dtype.itemsize

@@ -123,3 +123,21 @@ def test_load_synthetic_puts_classes_in_order_and_checks_counts(tmp_path):
     np.savez(tmp_path / "bad.npz", images=images, labels=bad)
     with pytest.raises(errors.ConfigError, match="images per class; config.ipc=2 needs exactly"):
         dd_train.load_synthetic(str(tmp_path / "bad.npz"), data, 2, soft=False)
+
+
+def test_class_mean_init_starts_from_class_means_and_k_means_centroids():
+    data = dd_train.load_real("sklearn_digits")
+    x, y = np.asarray(data.x), data.y
+    one = dd_train.init_synthetic(_smoke(mtt_digits, ipc=1, **{"distill.init": "class_mean"}),
+                                  data, None, None)
+    want = np.stack([x[y == c].mean(0) for c in range(10)])
+    np.testing.assert_allclose(one["images"], want, rtol=1e-5, atol=1e-6)
+    three = dd_train.init_synthetic(
+        _smoke(mtt_digits, ipc=3, **{"distill.init": "class_mean"}), data, None, None)
+    images = np.asarray(three["images"]).reshape(10, 3, -1)
+    for c in range(10):  # a fixed point of Lloyd's algorithm: each centre is its cluster's mean
+        members = x[y == c].reshape(int(np.sum(y == c)), -1)
+        assign = ((members[:, None] - images[c][None]) ** 2).sum(-1).argmin(1)
+        for j in range(3):
+            np.testing.assert_allclose(images[c, j], members[assign == j].mean(0), atol=1e-4)
+    np.testing.assert_array_equal(np.argmax(three["labels"], -1), np.repeat(np.arange(10), 3))

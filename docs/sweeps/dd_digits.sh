@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The dataset-distillation table on sklearn_digits in docs/results.md: each method's config at
+# each IPC (protocol evaluation: 5 fresh ConvNets, last epoch; baselines next to each run). The
+# trajectory methods share one set of experts, trained by the first run that needs them.
+# Resumable: a finished run (results.json) is skipped; an interrupted one resumes.
+#   bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]     (methods: mtt dm; default both)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-runs}
+shift || true
+methods=${*:-mtt dm}
+py=${PYTHON:-.venv/bin/python}
+root="$runs/dd_digits"
+args=(--config.distill.progress=false --config.experts.dir="$root/experts")
+for method in $methods; do
+  for ipc in 1 10 50; do
+    w="$root/${method}_ipc$ipc"
+    [ -f "$w/results.json" ] && continue
+    $py -m experiments.dataset_distill --config "configs/dataset_distill/${method}_digits.py:ipc=$ipc" \
+      --workdir "$w" "${args[@]}" >/dev/null
+  done
+done
+$py - "$root" $methods <<'PY'
+import json, os, sys
+root, names = sys.argv[1], sys.argv[2:]
+pct = lambda r, k: f"{100 * r[k + '/acc_mean']:.2f} +- {100 * r[k + '/acc_std']:.2f}"
+print("| method | IPC | synthetic (ConvNet) | MLP | random real | class means | full data |")
+print("|---|---|---|---|---|---|---|")
+for name in names:
+    for ipc in (1, 10, 50):
+        path = os.path.join(root, f"{name}_ipc{ipc}", "results.json")
+        if not os.path.exists(path):
+            continue
+        r = json.load(open(path))
+        mlp = pct(r, "eval_mlp") if "eval_mlp/acc_mean" in r else "-"
+        print(f"| {name} | {ipc} | {pct(r, 'eval')} | {mlp} | {pct(r, 'baseline/random')} | "
+              f"{pct(r, 'baseline/class_mean')} | {pct(r, 'baseline/full')} |")
+PY
