@@ -22,10 +22,12 @@ def get_config(arg=None):
 def make(data: str, arg=None):
     """The DM config on ``data`` (also used by ``dm_mnist1d.py``)."""
     args, c = _base.method_config("dm", data, arg, _IPCS)
-    c.distill.lr_img = 1.0
+    # The embedding gradients are small (norm ~0.02 at ipc 10): lr_img 1 barely moves the
+    # images (85.4% against 88.3% at lr_img 100 with the earlier depth-3 ConvNet, 500 its).
+    c.distill.lr_img = 100.0
     c.distill.lr_lr = 0.0
     if not args.smoke:
-        c.distill.iterations = 2000
+        c.distill.iterations = 1000
         c.distill.log_every = 50
         c.distill.checkpoint_every = 500
     return c
