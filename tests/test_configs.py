@@ -22,6 +22,9 @@ CONFIGS = sorted(
 # training (every check train_and_evaluate makes before training), to keep CI within budget.
 TWINS = [p for p in CONFIGS if p.endswith("_mnist1d.py")
          and p.replace("_mnist1d.py", "_digits.py") in CONFIGS]
+# MTT's digits config runs end to end in-process in tests/dataset_distill/test_train.py (the
+# same smoke config); its CLI is the one dm_digits.py's smoke run goes through.
+TWINS.append("configs/dataset_distill/mtt_digits.py")
 SMOKE = [p for p in CONFIGS if p not in TWINS]
 
 
@@ -53,7 +56,7 @@ def test_get_config_default_smoke_and_strict_args(path):
 
 
 @pytest.mark.parametrize("path", TWINS)
-def test_mnist1d_method_configs_pass_every_check_before_training(path):
+def test_configs_without_a_cli_smoke_pass_every_check_before_training(path):
     config = _module(path).get_config("smoke")
     if path.startswith("configs/dataset_distill/"):
         from jaxkd.dataset_distill import train  # pylint: disable=g-import-not-at-top

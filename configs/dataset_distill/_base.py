@@ -62,9 +62,11 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # images (lr_img) and the inner learning rate (lr_lr, initialised to lr_init), SGD with
     # ``label_momentum`` for soft labels (lr_label).
     # ``init_file``: start from a synthetic.npz instead (with iterations=0: evaluate it).
+    # ``ema``: FTD's exponential moving average of the images (decay; 0 = off): the average,
+    # not the last iterate, is saved and evaluated.
     c.distill = dict(iterations=500, init="real", init_file="", labels="hard", label_epoch=0,
                      lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0, momentum=0.5,
-                     label_momentum=0.9, log_every=10, checkpoint_every=100,
+                     ema=0.0, label_momentum=0.9, log_every=10, checkpoint_every=100,
                      on_nonfinite="stop", progress=True)
     # Trajectory matching (see jaxkd.dataset_distill.mtt.MTTConfig).
     c.mtt = dict(syn_steps=20, expert_epochs=2, min_start_epoch=0, max_start_epoch=5,

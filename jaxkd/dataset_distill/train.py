@@ -125,6 +125,9 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
     if config.distill.labels == "expert" and config.method not in TRAJECTORY_METHODS:
         raise errors.ConfigError("config.distill.labels='expert' needs expert trajectories; "
                                  f"use a trajectory method ({', '.join(TRAJECTORY_METHODS)})")
+    if not 0.0 <= config.distill.ema < 1.0:
+        raise errors.ConfigError(f"config.distill.ema={config.distill.ema} must be in [0, 1) "
+                                 "(0 = off; FTD uses 0.999 over thousands of iterations)")
     if config.mtt.hypergrad not in HYPERGRAD_METHODS:
         raise errors.ConfigError(f"config.mtt.hypergrad={config.mtt.hypergrad!r}; valid: "
                                  f"{', '.join(HYPERGRAD_METHODS)}")
@@ -350,10 +353,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = make_optimizer(config, soft)
     lo, hi = data.bounds
     total = config.distill.iterations
+    ema_decay = float(config.distill.ema)
 
     def init_state():
         return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(config.seed),
                 "nonfinite": loop.init_nonfinite(), "syn": syn0, "opt": tx.init(syn0),
+                "ema_images": syn0["images"],
                 "skipped": jnp.zeros((), jnp.int32)}
 
     @jax.jit
@@ -361,7 +366,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         updates, opt = tx.update(grads, state["opt"], state["syn"])
         syn = optax.apply_updates(state["syn"], updates)
         syn["images"] = jnp.clip(syn["images"], lo, hi)
-        new = {**state, "syn": syn, "opt": opt, "step": state["step"] + 1}
+        # FTD: an exponential moving average of the images is what gets evaluated and saved.
+        ema = ema_decay * state["ema_images"] + (1.0 - ema_decay) * syn["images"]
+        new = {**state, "syn": syn, "opt": opt, "step": state["step"] + 1, "ema_images": ema}
         grad_norm = optax.global_norm(grads)
         kept = jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, state)
         kept["step"], kept["skipped"] = new["step"], state["skipped"] + skip.astype(jnp.int32)
@@ -397,6 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 progress=progress))
     distill_s = time.time() - t0
     syn = jax.device_get(state["syn"])
+    if ema_decay:
+        syn["images"] = jax.device_get(state["ema_images"])
 
     # -- outputs
     _write_synthetic(os.path.join(workdir, "synthetic.npz"), syn, data, soft,

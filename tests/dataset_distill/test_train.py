@@ -141,3 +141,25 @@ def test_class_mean_init_starts_from_class_means_and_k_means_centroids():
         for j in range(3):
             np.testing.assert_allclose(images[c, j], members[assign == j].mean(0), atol=1e-4)
     np.testing.assert_array_equal(np.argmax(three["labels"], -1), np.repeat(np.arange(10), 3))
+
+
+def test_ftd_ema_saves_the_moving_average_of_the_images(tmp_path):
+    # Three short DM runs from the same draws: the EMA of 2 iterations is d^2 x0 + d (1 - d) x1
+    # + (1 - d) x2, with x1, x2 the plain runs' images after 1 and 2 iterations (the stored
+    # units are an affine map of the normalised ones, which an average commutes with).
+    fast = {"eval.num_nets": 1, "eval.epochs": 1.0, "eval.baselines": False}
+    images = {}
+    for name, iterations, ema in (("x1", 1, 0.0), ("x2", 2, 0.0), ("ema", 2, 0.3)):
+        config = _smoke(dm_digits, ipc=2, **fast, **{"distill.iterations": iterations,
+                                                     "distill.ema": ema})
+        dd_train.train_and_evaluate(config, str(tmp_path / name))
+        images[name] = np.load(tmp_path / name / "synthetic.npz")["images"]
+    config = _smoke(dm_digits, ipc=2)
+    data = dd_train.load_real(config.data.name)
+    x0 = data.to_stored(dd_train.init_synthetic(config, data, None, None)["images"])
+    assert not np.allclose(images["x2"], x0)  # the images moved
+    d = 0.3
+    want = d * d * x0 + d * (1 - d) * images["x1"] + (1 - d) * images["x2"]
+    np.testing.assert_allclose(images["ema"], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(errors.ConfigError, match="config.distill.ema"):
+        dd_train.check_config(_smoke(dm_digits, **{"distill.ema": 1.0}))
