@@ -261,36 +261,55 @@ def _write_synthetic(path: str, syn: dict, data: RealData, soft: bool, learns_lr
 
 
 # ------------------------------------------------------------------------------------ baselines
-def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfig,
-              workdir: str) -> dict[str, list[float]]:
-    """Accuracies of the random-subset, class-mean and full-data baselines (cached on disk)."""
-    key = {"ipc": config.ipc, "eval": config.eval.to_dict(), "data": config.data.name}
-    path = os.path.join(workdir, "baselines.json")
+def _cached(path: str, key: dict, compute) -> dict[str, list[float]]:
+    """``compute()`` (name -> accuracies), or the copy stored at ``path`` under the same key."""
+    key = json.loads(json.dumps(key))  # as stored: tuples in the config come back as lists
     if os.path.exists(path):
         with open(path) as f:
             cached = json.load(f)
         if cached.get("key") == key:
             return cached["acc"]
-    ipc, nc = config.ipc, data.num_classes
-    rng = np.random.default_rng([config.seed, 2])
-    subsets = [eval_lib.random_subset(data.y, ipc, nc, rng) for _ in range(ecfg.num_nets)]
-    labels = eval_lib.one_hot(np.repeat(np.arange(nc), ipc), nc)
-    acc = {}
-    acc["random"] = eval_lib.evaluate(
-        model, jnp.stack([data.x[s] for s in subsets]), jnp.stack([labels] * ecfg.num_nets),
-        data.x_test, data.y_test, ecfg, per_net=True)
-    means = eval_lib.class_means(np.asarray(data.x), data.y, ipc, nc, seed=config.seed)
-    acc["class_mean"] = eval_lib.evaluate(model, jnp.asarray(means), labels, data.x_test,
-                                          data.y_test, ecfg)
-    if config.eval.full_epochs > 0:
-        acc["full"] = eval_lib.evaluate(model, data.x, eval_lib.one_hot(data.y, nc), data.x_test,
-                                        data.y_test, ecfg, epochs=config.eval.full_epochs)
-    out = {k: [float(a) for a in v] for k, v in acc.items()}
+    out = {k: [float(a) for a in v] for k, v in compute().items()}
     report.write_json_atomic(path, {"key": key, "acc": out})
     return out
 
 
-# ----------------------------------------------------------------------------------------- main
+def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfig,
+              workdir: str) -> dict[str, list[float]]:
+    """Accuracies of the random-subset, class-mean and full-data baselines (cached on disk).
+
+    ``baselines.json`` holds the ipc-dependent two; ``full_baseline.json`` the full-data one,
+    which depends only on the data and ``config.eval``: copy it into another run's workdir
+    (another method or ipc, same evaluation settings) to skip recomputing it.
+    """
+    ipc, nc = config.ipc, data.num_classes
+
+    def small():
+        rng = np.random.default_rng([config.seed, 2])
+        subsets = [eval_lib.random_subset(data.y, ipc, nc, rng) for _ in range(ecfg.num_nets)]
+        labels = eval_lib.one_hot(np.repeat(np.arange(nc), ipc), nc)
+        means = eval_lib.class_means(np.asarray(data.x), data.y, ipc, nc, seed=config.seed)
+        return {"random": eval_lib.evaluate(
+                    model, jnp.stack([data.x[s] for s in subsets]),
+                    jnp.stack([labels] * ecfg.num_nets), data.x_test, data.y_test, ecfg,
+                    per_net=True),
+                "class_mean": eval_lib.evaluate(model, jnp.asarray(means), labels, data.x_test,
+                                                data.y_test, ecfg)}
+
+    def full():
+        return {"full": eval_lib.evaluate(model, data.x, eval_lib.one_hot(data.y, nc),
+                                          data.x_test, data.y_test, ecfg,
+                                          epochs=config.eval.full_epochs)}
+
+    data_key = {"data": config.data.name, "eval": config.eval.to_dict()}
+    acc = _cached(os.path.join(workdir, "baselines.json"),
+                  {"ipc": ipc, "seed": config.seed, **data_key}, small)
+    if config.eval.full_epochs > 0:
+        acc.update(_cached(os.path.join(workdir, "full_baseline.json"), data_key, full))
+    return acc
+
+
+# ------------------------------------------------------------------------------------ experts
 def _experts(config, data: RealData, model: FlatModel, workdir: str,
              progress: bool) -> experts_lib.Trajectories:
     e = config.experts

@@ -163,3 +163,27 @@ def test_ftd_ema_saves_the_moving_average_of_the_images(tmp_path):
     np.testing.assert_allclose(images["ema"], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(errors.ConfigError, match="config.distill.ema"):
         dd_train.check_config(_smoke(dm_digits, **{"distill.ema": 1.0}))
+
+
+def test_full_data_baseline_is_shared_through_its_cache_file(mtt_run, tmp_path):
+    workdir, config, results = mtt_run
+    shared = json.load(open(os.path.join(workdir, "full_baseline.json")))
+    assert shared["acc"]["full"] == pytest.approx(
+        [results["baseline/full/acc_mean"]] * len(shared["acc"]["full"]), abs=0.5)
+    # Copied into another run's workdir (another ipc and method, same evaluation settings), it
+    # is used as it is: a marked value comes back instead of a recomputed one.
+    marked = {"key": shared["key"], "acc": {"full": [0.123] * len(shared["acc"]["full"])}}
+    json.dump(marked, open(tmp_path / "full_baseline.json", "w"))
+    other = _smoke(dm_digits, ipc=3)
+    data = dd_train.load_real(other.data.name)
+    model = dd_train._model(other.eval.model.name, other.eval.model.kwargs.to_dict(), data, "m")
+    ecfg = dd_train.eval_lib.EvalConfig(
+        num_nets=other.eval.num_nets, epochs=other.eval.epochs, sgd=dd_train._sgd(other.eval.sgd),
+        dsa=dd_train._dsa(other.eval.dsa), seed=other.eval.seed)
+    acc = dd_train.baselines(other, data, model, ecfg, str(tmp_path))
+    assert acc["full"] == [0.123] * len(shared["acc"]["full"])
+    assert set(acc) == {"random", "class_mean", "full"}
+    # Other evaluation settings: the stored value does not apply and is recomputed.
+    other.eval.full_epochs = 2.0
+    acc = dd_train.baselines(other, data, model, ecfg, str(tmp_path))
+    assert acc["full"] != [0.123] * len(shared["acc"]["full"])
