@@ -22,9 +22,10 @@ def get_config(arg=None):
 def make(data: str, arg=None):
     """The DM config on ``data`` (also used by ``dm_mnist1d.py``)."""
     args, c = _base.method_config("dm", data, arg, _IPCS)
-    # The embedding gradients are small (norm ~0.02 at ipc 10): lr_img 1 barely moves the
-    # images (85.4% against 88.3% at lr_img 100 with the earlier depth-3 ConvNet, 500 its).
-    c.distill.lr_img = 100.0
+    # lr_img 1 (DM's CIFAR value). Measured on digits at ipc 10, 300 iterations, 2 evaluation
+    # networks: the loss falls 1.46 -> 0.41 and the set reaches 96.0% (random subset 91.5).
+    # lr_img 100 (the image-gradient norm is ~9 at ipc 1) saturates the images: 45% at ipc 1.
+    c.distill.lr_img = 1.0
     c.distill.lr_lr = 0.0
     if not args.smoke:
         c.distill.iterations = 1000
