@@ -3,6 +3,7 @@
 import ml_collections
 
 from jaxkd.core.config_args import ConfigArgs, check_choice, parse_config_arg
+from jaxkd.dataset_distill.dc import DC_LOOPS
 
 # Per data set: the protocol network and DSA strategy. Digits and MNIST-1D are not flipped
 # (a mirrored digit is another symbol); MNIST-1D signals cannot be rotated.
@@ -74,6 +75,11 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
                  skip_loss_above=float("inf"))
     # Distribution matching: real images per class per iteration.
     c.dm = dict(batch_real=256)
+    # Gradient matching (DC; DSA = DC with config.dsa on): see
+    # jaxkd.dataset_distill.dc.DCConfig. (outer, inner) loops by ipc as the reference code.
+    outer, inner = DC_LOOPS.get(ipc, (10, 50))
+    c.dc = dict(outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256,
+                lr_net=0.01)
 
     # The evaluation protocol: ``num_nets`` fresh ``model`` networks, ``epochs`` over the
     # synthetic set, last-epoch accuracy (results ``eval/acc_*``); ``learned_lr`` uses a
@@ -105,11 +111,15 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     return c
 
 
-def method_config(method: str, data: str, arg: str | None,
-                  ipcs) -> tuple[ConfigArgs, ml_collections.ConfigDict]:
-    """Parses ``arg`` (``ipc=N``, ``seed=N``, ``smoke``) strictly and builds :func:`dd_config`."""
+def method_config(method: str, data: str, arg: str | None, ipcs,
+                  name: str | None = None) -> tuple[ConfigArgs, ml_collections.ConfigDict]:
+    """Parses ``arg`` (``ipc=N``, ``seed=N``, ``smoke``) strictly and builds :func:`dd_config`.
+
+    ``name``: the config file's method part when it differs from ``method`` (``dsa`` is DC).
+    """
+    path = f"configs/dataset_distill/{name or method}_{SHORT[data]}.py"
     args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
-                            config_path=f"configs/dataset_distill/{method}_{SHORT[data]}.py")
+                            config_path=path)
     check_choice("ipc", args.ipc, ipcs)
     return args, dd_config(method=method, data=data, ipc=args.ipc, seed=args.seed,
                            smoke=args.smoke)

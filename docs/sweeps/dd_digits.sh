@@ -3,7 +3,7 @@
 # each IPC (protocol evaluation: 5 fresh ConvNets, last epoch; baselines next to each run). The
 # trajectory methods share one set of experts, trained by the first run that needs them.
 # Resumable: a finished run (results.json) is skipped; an interrupted one resumes.
-#   bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]     (methods: mtt dm; default both)
+#   bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]     (methods: mtt dm dc dsa; default mtt dm)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}

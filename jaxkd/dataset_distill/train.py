@@ -36,6 +36,7 @@ from jaxkd.dataset_distill import evaluate as eval_lib
 from jaxkd.dataset_distill import experts as experts_lib
 from jaxkd.dataset_distill import viz
 from jaxkd.dataset_distill.augment import DSAConfig, parse_strategy
+from jaxkd.dataset_distill.dc import DCConfig, GradientMatching
 from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
 from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching, label_targets
 from jaxkd.dataset_distill.nets import FlatModel, SGDConfig
@@ -44,7 +45,7 @@ from jaxkd.models import registry
 
 __all__ = ["METHODS", "RealData", "load_real", "train_and_evaluate"]
 
-METHODS: tuple[str, ...] = ("mtt", "dm")
+METHODS: tuple[str, ...] = ("mtt", "dm", "dc")
 TRAJECTORY_METHODS = ("mtt",)
 INITS: tuple[str, ...] = ("real", "noise", "class_mean")  # config.distill.init
 
@@ -325,11 +326,77 @@ def _experts(config, data: RealData, model: FlatModel, workdir: str,
         progress=progress)
 
 
+# Keys that do not change the synthetic set a run produces: a run may resume under other values.
+# ``distill.iterations`` may change to extend a run (a growing DATM window is then spread over
+# the new total from the resume point on).
+_RESUMABLE_KEYS = ("eval", "distill.progress", "distill.log_every", "distill.checkpoint_every",
+                   "distill.on_nonfinite", "distill.iterations", "data.data_dir", "experts.dir",
+                   "experts.train")
+
+
+def distill_settings(config: ml_collections.ConfigDict) -> dict:
+    """The config minus :data:`_RESUMABLE_KEYS`: what a distillation checkpoint was made under.
+
+    It is saved in each checkpoint's meta; resuming under different settings is refused with
+    the differing keys named (a run resumed under, say, another ``lr_img`` would silently
+    report a mixture of the two).
+    """
+    plain = report.to_json_compatible(config.to_dict())  # strict JSON, as the meta stores it
+    settings = json.loads(json.dumps(plain, allow_nan=False))
+    for key in _RESUMABLE_KEYS:
+        *parents, leaf = key.split(".")
+        node = settings
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return settings
+
+
+def _settings_diff(found, expected, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested dicts differ, with both values."""
+    if not (isinstance(found, dict) and isinstance(expected, dict)):
+        return [] if found == expected else [f"{prefix or 'settings'}: checkpoint has {found!r}, "
+                                             f"config asks for {expected!r}"]
+    out = []
+    for k in sorted(set(found) | set(expected)):
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in found or k not in expected:
+            side = "checkpoint" if k in found else "config"
+            out.append(f"{key}: only in the {side}")
+        else:
+            out.extend(_settings_diff(found[k], expected[k], key))
+    return out
+
+
+def _check_resume(checkpointer: ckpt_lib.Checkpointer, settings: dict, directory: str) -> None:
+    """Refuses to resume a distillation checkpoint made under other settings (names the keys)."""
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return
+    found = checkpointer.read_meta(latest).get("settings")
+    diffs = (["the checkpoint records no settings (made by an older jaxkd)"] if found is None
+             else _settings_diff(found, settings))
+    if diffs:
+        raise ckpt_lib.CheckpointMismatchError(
+            f"{directory} holds a distillation checkpoint (step {latest}) made under other "
+            f"settings: {'; '.join(diffs[:8])}{' ...' if len(diffs) > 8 else ''}. Resuming would "
+            "mix two runs: use a fresh --workdir, restore those settings, or delete "
+            f"{directory} to start over. (Evaluation, logging and data_dir settings may change.)")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Distils ``config.data`` into ``config.ipc`` images per class; returns ``results.json``."""
     check_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "distill"),
+                                         max_to_keep=2, async_save=False)
+    settings = distill_settings(config)
+    try:  # before config.json is overwritten
+        _check_resume(checkpointer, settings, checkpointer.directory)
+    except ckpt_lib.CheckpointMismatchError:
+        checkpointer.close()
+        raise
     report.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
     progress = config.distill.progress
     t0 = time.time()
@@ -357,10 +424,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         trajectories = _experts(config, data, model, workdir, progress)
         method = TrajectoryMatching(model, trajectories, MTTConfig(**config.mtt.to_dict()),
                                     _dsa(config.dsa), soft=soft, seed=config.seed)
+    elif config.method == "dc":
+        method = GradientMatching(model, data.x, data.y, data.num_classes, config.ipc,
+                                  DCConfig(**config.dc.to_dict()), _dsa(config.dsa),
+                                  seed=config.seed)
     else:
         method = DistributionMatching(model, data.x, data.y, data.num_classes, config.ipc,
                                       DMConfig(**config.dm.to_dict()), _dsa(config.dsa),
                                       seed=config.seed)
+    # A method with a carry (DC's network between image updates) keeps it in the state.
+    carries = hasattr(method, "init_carry")
     syn0 = init_synthetic(config, data, model, trajectories)
     if config.distill.init_file:
         loaded = load_synthetic(config.distill.init_file, data, config.ipc, soft)
@@ -378,7 +451,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(config.seed),
                 "nonfinite": loop.init_nonfinite(), "syn": syn0, "opt": tx.init(syn0),
                 "ema_images": syn0["images"],
-                "skipped": jnp.zeros((), jnp.int32)}
+                "skipped": jnp.zeros((), jnp.int32),
+                **({"carry": method.init_carry()} if carries else {})}
 
     @jax.jit
     def apply_update(state, grads, loss, skip):
@@ -398,19 +472,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def step_fn(state, batch):
         del batch
         iteration = int(state["step"])
-        loss, grads, extra = method.loss_and_grad(state["syn"], iteration, total)
+        if carries:
+            loss, grads, extra, carry = method.loss_and_grad(state["syn"], iteration, total,
+                                                             state["carry"])
+        else:
+            loss, grads, extra = method.loss_and_grad(state["syn"], iteration, total)
         state, m = apply_update(state, grads, loss, method.skip(loss))
+        if carries:
+            state = {**state, "carry": carry}
         return state, {**m, **{k: jnp.float32(v) for k, v in extra.items()}}
 
     abstract = jax.eval_shape(init_state)
     meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
             "num_classes": data.num_classes,
             "distill": {"method": config.method, "ipc": config.ipc, "data": config.data.name,
-                        "labels": config.distill.labels}}
+                        "labels": config.distill.labels},
+            "settings": settings}
     d = config.distill
     writer = metrics.MetricWriter(workdir)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "distill"),
-                                         max_to_keep=2, async_save=False)
     with writer, checkpointer:
         state, _ = loop.fit(
             name="distill", init_state=init_state, abstract_state=abstract, step_fn=step_fn,

@@ -64,6 +64,16 @@ def _output_major(g: jax.Array) -> jax.Array:
     return jnp.moveaxis(g, -1, 0).reshape(g.shape[-1], -1)
 
 
+def _safe_norm(a: jax.Array) -> jax.Array:
+    """Row norms whose gradient at an all-zero row is 0 (as PyTorch's), not NaN.
+
+    Zero rows are common: a ReLU unit that is dead on a batch has an all-zero kernel gradient.
+    """
+    sq = jnp.sum(a * a, axis=-1)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
 def gradient_matching_distance(grads_syn: Any, grads_real: Any) -> jax.Array:
     """DC's gradient distance: ``sum over kernels, sum over output units of (1 - cos)``.
 
@@ -86,7 +96,7 @@ def gradient_matching_distance(grads_syn: Any, grads_real: Any) -> jax.Array:
         a = _output_major(gs.astype(jnp.float32))
         b = _output_major(gr.astype(jnp.float32))
         dot = jnp.sum(a * b, axis=-1)
-        norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+        norms = _safe_norm(a) * _safe_norm(b)
         total += jnp.sum(1.0 - dot / (norms + 1e-6))
     return total
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from configs.dataset_distill import dm_digits, mtt_digits
+from configs.dataset_distill import dc_digits, dm_digits, mtt_digits
+from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop
 from jaxkd.dataset_distill import train as dd_train
 from jaxkd.dataset_distill.experts import MissingExpertsError
@@ -66,6 +67,50 @@ def test_resuming_gives_the_same_synthetic_set(mtt_run, tmp_path):
     b = np.load(os.path.join(tmp_path, "synthetic.npz"))
     np.testing.assert_array_equal(a["images"], b["images"])
     np.testing.assert_array_equal(a["lr"], b["lr"])
+
+
+def test_resuming_under_other_distillation_settings_is_refused(mtt_run, tmp_path):
+    workdir, config, _ = mtt_run
+    before = open(os.path.join(workdir, "config.json")).read()
+    changed = _smoke(mtt_digits, ipc=2)
+    changed.distill.lr_img = config.distill.lr_img * 10
+    changed.mtt.syn_steps = config.mtt.syn_steps + 1
+    with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+        dd_train.train_and_evaluate(changed, workdir)
+    msg = str(e.value)
+    assert "distill.lr_img" in msg and "mtt.syn_steps" in msg and "--workdir" in msg
+    # The refused run leaves the workdir's config.json as it was.
+    assert open(os.path.join(workdir, "config.json")).read() == before
+    # Evaluation and logging settings are not distillation settings.
+    same = dd_train.distill_settings(config)
+    other = config.copy_and_resolve_references()
+    other.eval.epochs += 1
+    other.distill.progress = not other.distill.progress
+    other.data.data_dir = "/elsewhere"
+    assert dd_train.distill_settings(other) == same
+    other.seed += 1
+    assert dd_train.distill_settings(other) != same
+
+
+def test_dc_resumes_mid_outer_iteration_to_the_same_synthetic_set(tmp_path):
+    # Iteration 3 is round 1 of outer iteration 1: its network comes from the checkpointed carry.
+    def run(workdir, iterations):
+        c = _smoke(dc_digits, ipc=2)
+        c.distill.iterations = iterations
+        c.eval.baselines, c.eval.num_nets, c.eval.epochs = False, 1, 1.0
+        return dd_train.train_and_evaluate(c, str(workdir))
+
+    once = run(tmp_path / "once", 4)
+    run(tmp_path / "twice", 3)
+    run(tmp_path / "twice", 4)
+    a = np.load(tmp_path / "once" / "synthetic.npz")
+    b = np.load(tmp_path / "twice" / "synthetic.npz")
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert 0.0 <= once["eval/acc_mean"] <= 1.0 and np.isfinite(once["distill/final_loss"])
+    assert a["images"].shape == (20, 8, 8, 1)
+    records = [json.loads(line) for line in open(tmp_path / "once" / "metrics.jsonl")]
+    norms = [r["distill/train/grad_norm"] for r in records if "distill/train/grad_norm" in r]
+    assert norms and all(np.isfinite(norms)) and max(norms) > 0  # the images did learn
 
 
 def test_bad_inputs_give_one_clear_message(mtt_run, tmp_path):

@@ -60,6 +60,23 @@ def test_gradient_matching_distance_matches_dc_on_pytorch_layouts():
     np.testing.assert_allclose(gradient_matching_distance(gs, gs), 0.0, atol=1e-4)
 
 
+def test_gradient_matching_distance_has_finite_gradients_at_zero_rows():
+    # A dead ReLU unit gives an all-zero row of the kernel gradient; the distance stays as
+    # DC defines it (cos = 0 there) and its gradient is finite (PyTorch's norm has 0 there).
+    gs = RNG.normal(size=(5, 3)).astype(np.float32)
+    gs[:, 1] = 0.0  # output unit 1 of a dense [in, out] kernel
+    gr = RNG.normal(size=(5, 3)).astype(np.float32)
+    value, grad = jax.value_and_grad(gradient_matching_distance)({"k": gs}, {"k": gr})
+    want = _distance_wb_numpy(gs.T, gr.T)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert np.all(np.isfinite(grad["k"]))
+    # Away from the zero row the gradient is the plain cosine's: check one unit by NumPy.
+    a, b = gs[:, 0], gr[:, 0]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    d_cos = b / (na * nb) - (a @ b) * a / (na ** 3 * nb)
+    np.testing.assert_allclose(grad["k"][:, 0], -d_cos, rtol=1e-3, atol=1e-6)
+
+
 def test_distribution_matching_loss_matches_numpy_and_gradient():
     r = RNG.normal(size=(7, 5)).astype(np.float32)
     s = RNG.normal(size=(3, 5)).astype(np.float32)
