@@ -61,12 +61,13 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # (one-hot, fixed) or "expert" (DATM: learnable logits initialised from expert 0 at
     # ``label_epoch``, 0 = its last saved epoch). Optimisers: SGD with ``momentum`` for the
     # images (lr_img) and the inner learning rate (lr_lr, initialised to lr_init), SGD with
-    # ``label_momentum`` for soft labels (lr_label).
+    # ``label_momentum`` for soft labels (lr_label); ``optimizer`` "adam" (FRePo) replaces the
+    # images' SGD by Adam at lr_img.
     # ``init_file``: start from a synthetic.npz instead (with iterations=0: evaluate it).
     # ``ema``: FTD's exponential moving average of the images (decay; 0 = off): the average,
     # not the last iterate, is saved and evaluated.
     c.distill = dict(iterations=500, init="real", init_file="", labels="hard", label_epoch=0,
-                     lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0, momentum=0.5,
+                     optimizer="sgd", lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0, momentum=0.5,
                      ema=0.0, label_momentum=0.9, log_every=10, checkpoint_every=100,
                      on_nonfinite="stop", progress=True)
     # Trajectory matching (see jaxkd.dataset_distill.mtt.MTTConfig).
@@ -80,6 +81,9 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     outer, inner = DC_LOOPS.get(ipc, (10, 50))
     c.dc = dict(outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256,
                 lr_net=0.01)
+    # FRePo: kernel ridge regression on a pool's features (jaxkd.dataset_distill.frepo).
+    c.frepo = dict(pool_size=10, max_online_steps=100, batch_real=1024, ridge=1e-6,
+                   lr_net=0.01)
 
     # The evaluation protocol: ``num_nets`` fresh ``model`` networks, ``epochs`` over the
     # synthetic set, last-epoch accuracy (results ``eval/acc_*``); ``learned_lr`` uses a

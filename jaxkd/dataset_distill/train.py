@@ -38,6 +38,7 @@ from jaxkd.dataset_distill import viz
 from jaxkd.dataset_distill.augment import DSAConfig, parse_strategy
 from jaxkd.dataset_distill.dc import DCConfig, GradientMatching
 from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
+from jaxkd.dataset_distill.frepo import FeatureRegression, FRePoConfig
 from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching, label_targets
 from jaxkd.dataset_distill.nets import FlatModel, SGDConfig
 from jaxkd.dataset_distill.unroll import METHODS as HYPERGRAD_METHODS
@@ -45,7 +46,7 @@ from jaxkd.models import registry
 
 __all__ = ["METHODS", "RealData", "load_real", "train_and_evaluate"]
 
-METHODS: tuple[str, ...] = ("mtt", "dm", "dc")
+METHODS: tuple[str, ...] = ("mtt", "dm", "dc", "frepo")
 TRAJECTORY_METHODS = ("mtt",)
 INITS: tuple[str, ...] = ("real", "noise", "class_mean")  # config.distill.init
 
@@ -126,6 +127,9 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
     if config.distill.labels == "expert" and config.method not in TRAJECTORY_METHODS:
         raise errors.ConfigError("config.distill.labels='expert' needs expert trajectories; "
                                  f"use a trajectory method ({', '.join(TRAJECTORY_METHODS)})")
+    if config.distill.optimizer not in ("sgd", "adam"):
+        raise errors.ConfigError(f"config.distill.optimizer={config.distill.optimizer!r}; "
+                                 "valid: sgd (momentum config.distill.momentum), adam")
     if not 0.0 <= config.distill.ema < 1.0:
         raise errors.ConfigError(f"config.distill.ema={config.distill.ema} must be in [0, 1) "
                                  "(0 = off; FTD uses 0.999 over thousands of iterations)")
@@ -225,10 +229,13 @@ def load_synthetic(path: str, data: RealData, ipc: int, soft: bool) -> dict:
 
 
 def make_optimizer(config, soft: bool) -> optax.GradientTransformation:
-    """SGD for the images, the learning rate and (learnable soft) labels, from config.distill."""
+    """The images' optimiser (``config.distill.optimizer``: SGD with momentum, or Adam), and SGD
+    for the learning rate and (learnable soft) labels, from config.distill."""
     d = config.distill
     zero = optax.set_to_zero()
-    txs = {"images": optax.sgd(d.lr_img, momentum=d.momentum or None),
+    images = (optax.adam(d.lr_img) if d.optimizer == "adam"
+              else optax.sgd(d.lr_img, momentum=d.momentum or None))
+    txs = {"images": images,
            "lr": optax.sgd(d.lr_lr, momentum=d.momentum or None) if d.lr_lr else zero,
            "labels": (optax.sgd(d.lr_label, momentum=d.label_momentum or None)
                       if soft and d.lr_label else zero)}
@@ -428,6 +435,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         method = GradientMatching(model, data.x, data.y, data.num_classes, config.ipc,
                                   DCConfig(**config.dc.to_dict()), _dsa(config.dsa),
                                   seed=config.seed)
+    elif config.method == "frepo":
+        method = FeatureRegression(model, data.x, data.y, data.num_classes, config.ipc,
+                                   FRePoConfig(**config.frepo.to_dict()), seed=config.seed)
     else:
         method = DistributionMatching(model, data.x, data.y, data.num_classes, config.ipc,
                                       DMConfig(**config.dm.to_dict()), _dsa(config.dsa),
