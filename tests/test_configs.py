@@ -25,6 +25,9 @@ TWINS = [p for p in CONFIGS if p.endswith("_mnist1d.py")
 # MTT's digits config runs end to end in-process in tests/dataset_distill/test_train.py (the
 # same smoke config); its CLI is the one dm_digits.py's smoke run goes through.
 TWINS.append("configs/dataset_distill/mtt_digits.py")
+# The relational KD methods' path through the train step is tested in-process, per loss, in
+# tests/kd/test_feature_distillation.py (the digits configs differ from fitnet's only there).
+TWINS += [f"configs/kd/{m}_digits.py" for m in ("rkd", "pkt", "sp", "cc")]
 # DC runs in-process there too; DSA is the same driver path with augmentation on.
 TWINS += ["configs/dataset_distill/dc_digits.py", "configs/dataset_distill/dsa_digits.py"]
 SMOKE = [p for p in CONFIGS if p not in TWINS]

@@ -2,8 +2,10 @@
 # The dataset-distillation table on sklearn_digits in docs/results.md: each method's config at
 # each IPC (protocol evaluation: 5 fresh ConvNets, last epoch; baselines next to each run). The
 # trajectory methods share one set of experts, trained by the first run that needs them.
-# Resumable: a finished run (results.json) is skipped; an interrupted one resumes.
-#   bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]     (methods: mtt dm dc dsa; default mtt dm)
+# Resumable: a finished run (results.json) is skipped; an interrupted one resumes. Baselines are
+# computed once and copied between runs (the driver checks each file's key).
+#   [IPCS="1 10"] bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]
+#   methods: mtt dm dc dsa frepo (default: mtt dm)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}
@@ -12,8 +14,9 @@ methods=${*:-mtt dm}
 py=${PYTHON:-.venv/bin/python}
 root="$runs/dd_digits"
 args=(--config.distill.progress=false --config.experts.dir="$root/experts")
+ipcs=${IPCS:-1 10 50}
 for method in $methods; do
-  for ipc in 1 10 50; do
+  for ipc in $ipcs; do
     w="$root/${method}_ipc$ipc"
     [ -f "$w/results.json" ] && continue
     # The full-data baseline depends only on the evaluation settings: reuse a sibling's (the
@@ -21,6 +24,10 @@ for method in $methods; do
     mkdir -p "$w"
     for f in "$root"/*/full_baseline.json; do
       [ -f "$f" ] && [ ! -f "$w/full_baseline.json" ] && cp "$f" "$w/" && break
+    done
+    # So do the random-subset and class-mean baselines at one ipc (same seed and evaluation).
+    for f in "$root"/*_ipc$ipc/baselines.json; do
+      [ -f "$f" ] && [ ! -f "$w/baselines.json" ] && cp "$f" "$w/" && break
     done
     $py -m experiments.dataset_distill --config "configs/dataset_distill/${method}_digits.py:ipc=$ipc" \
       --workdir "$w" "${args[@]}" >/dev/null

@@ -63,7 +63,7 @@ def test_adapters_map_student_features_to_the_teacher_shape(adapter):
     assert out[0].shape == (3, 2, 2, 16)
 
 
-def _fitnet_setup():
+def _fitnet_setup(loss="fitnet", adapter="linear"):
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     student = models.build("mlp", num_classes=4, hidden=(8,))
     tmodel = models.build("mlp", num_classes=4, hidden=(12,))
@@ -72,8 +72,8 @@ def _fitnet_setup():
                                          grad_clip_norm=0.0))
     tx = optim.make_optimizer(opt, 10)
     s_shapes, t_shapes = _shapes(student, (5,)), _shapes(tmodel, (5,))
-    term = features_lib.FeatureTerm("fitnet", ("features",), ("features",), weight=2.0,
-                                    adapter="linear")
+    term = features_lib.FeatureTerm(loss, ("features",), ("features",), weight=2.0,
+                                    adapter=adapter)
     aux_init, adapter_apply = features_lib.make_adapters(term, s_shapes, t_shapes)
     build, _, sh = state_lib.create_sharded(
         state_lib.make_init_fn(student, tx, (5,), ema=False, aux_init=aux_init),
@@ -111,6 +111,26 @@ def test_feature_step_loss_is_ce_plus_weighted_fitnet_and_trains_the_adapter():
     np.testing.assert_allclose(metrics["loss"], ce + 2.0 * fit, rtol=1e-5)
     after = jax.tree.map(np.asarray, new["aux_params"]["adapter0"])
     assert not np.allclose(after["linear"]["kernel"], a["linear"]["kernel"])  # adapter trained
+
+
+@pytest.mark.parametrize("loss", ["rkd", "pkt", "sp", "cc"])
+def test_relational_terms_in_the_step_are_the_pure_losses_on_the_two_embeddings(loss):
+    # The relational methods' digits configs are checked without a CLI smoke run
+    # (tests/test_configs.py); this is their path through the train step: the embeddings of
+    # student (8 wide) and teacher (12 wide) compared by the pure loss, no adapter.
+    student, tmodel, t_vars, build, step, batch, mesh = _fitnet_setup(loss, "none")
+    state = build()
+    p = jax.tree.map(np.asarray, state["params"])
+    tp = jax.tree.map(np.asarray, t_vars["params"])
+    x = batch["image"]
+    h = np.maximum(x @ p["dense1"]["kernel"] + p["dense1"]["bias"], 0)
+    th = np.maximum(x @ tp["dense1"]["kernel"] + tp["dense1"]["bias"], 0)
+    want = float(losses.get_feature_loss(loss)(jnp.asarray(h), jnp.asarray(th),
+                                               mask=jnp.asarray(batch["mask"])))
+    new, metrics = step(state, sharding.to_global_batch(batch, mesh))
+    np.testing.assert_allclose(metrics["feat"], want, rtol=1e-4, atol=1e-7)
+    assert np.isfinite(float(metrics["loss"]))
+    assert not np.allclose(np.asarray(new["params"]["dense1"]["kernel"]), p["dense1"]["kernel"])
 
 
 def test_feature_losses_registry_and_unknown_name():
