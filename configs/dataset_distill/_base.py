@@ -81,6 +81,13 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     outer, inner = DC_LOOPS.get(ipc, (10, 50))
     c.dc = dict(outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256,
                 lr_net=0.01)
+    # SRe2L / CDA: recover images from a BatchNorm teacher trained here (squeeze; ``dir`` ""
+    # = workdir/teacher, reused when its settings match), relabel with its soft labels.
+    c.sre2l = dict(r_bn=0.01, crop_min_scale=0.08, curriculum=False, temperature=1.0,
+                   teacher=dict(name=d["eval_model"], kwargs=(
+                       dict(d["eval_kwargs"], norm="batch") if d["eval_model"] == "convnet"
+                       else dict(d["eval_kwargs"])),
+                       epochs=30, lr=0.05, batch_size=128, seed=0, dir=""))
     # FRePo: kernel ridge regression on a pool's features (jaxkd.dataset_distill.frepo).
     c.frepo = dict(pool_size=10, max_online_steps=100, batch_real=1024, ridge=1e-6,
                    lr_net=0.01)
@@ -115,14 +122,15 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     return c
 
 
-def method_config(method: str, data: str, arg: str | None, ipcs,
-                  name: str | None = None) -> tuple[ConfigArgs, ml_collections.ConfigDict]:
+def method_config(method: str, data: str, arg: str | None, ipcs, name: str | None = None,
+                  flags: tuple[str, ...] = ()) -> tuple[ConfigArgs, ml_collections.ConfigDict]:
     """Parses ``arg`` (``ipc=N``, ``seed=N``, ``smoke``) strictly and builds :func:`dd_config`.
 
-    ``name``: the config file's method part when it differs from ``method`` (``dsa`` is DC).
+    ``name``: the config file's method part when it differs from ``method`` (``dsa`` is DC);
+    ``flags``: the config's own bare words besides ``smoke`` (read from the returned args).
     """
     path = f"configs/dataset_distill/{name or method}_{SHORT[data]}.py"
-    args = parse_config_arg(arg, flags=("smoke",), defaults={"ipc": 10, "seed": 0},
+    args = parse_config_arg(arg, flags=("smoke", *flags), defaults={"ipc": 10, "seed": 0},
                             config_path=path)
     check_choice("ipc", args.ipc, ipcs)
     return args, dd_config(method=method, data=data, ipc=args.ipc, seed=args.seed,

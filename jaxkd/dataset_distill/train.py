@@ -36,17 +36,20 @@ from jaxkd.dataset_distill import evaluate as eval_lib
 from jaxkd.dataset_distill import experts as experts_lib
 from jaxkd.dataset_distill import viz
 from jaxkd.dataset_distill.augment import DSAConfig, parse_strategy
+from jaxkd.dataset_distill.augment import dsa as dsa_fn
 from jaxkd.dataset_distill.dc import DCConfig, GradientMatching
 from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
 from jaxkd.dataset_distill.frepo import FeatureRegression, FRePoConfig
 from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching, label_targets
+from jaxkd.dataset_distill import sre2l as sre2l_lib
 from jaxkd.dataset_distill.nets import FlatModel, SGDConfig
 from jaxkd.dataset_distill.unroll import METHODS as HYPERGRAD_METHODS
 from jaxkd.models import registry
 
 __all__ = ["METHODS", "RealData", "load_real", "train_and_evaluate"]
 
-METHODS: tuple[str, ...] = ("mtt", "dm", "dc", "frepo")
+METHODS: tuple[str, ...] = ("mtt", "dm", "dc", "frepo", "sre2l")
+SOFT_LABEL_METHODS = ("sre2l",)  # relabelled by a teacher: reported apart from hard labels
 TRAJECTORY_METHODS = ("mtt",)
 INITS: tuple[str, ...] = ("real", "noise", "class_mean")  # config.distill.init
 
@@ -124,6 +127,19 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
         raise errors.ConfigError(
             f"config.distill.labels={config.distill.labels!r}; valid: hard, expert (soft labels "
             "initialised from an expert's logits, trajectory methods)")
+    if config.method == "sre2l":
+        s = config.sre2l
+        if config.distill.labels != "hard":
+            raise errors.ConfigError("config.distill.labels must be 'hard' for sre2l: its labels "
+                                     "come from the teacher (relabel stage)")
+        if not 0.0 < s.crop_min_scale <= 1.0 or s.r_bn < 0 or s.temperature <= 0:
+            raise errors.ConfigError(
+                f"config.sre2l: crop_min_scale={s.crop_min_scale} must be in (0, 1], "
+                f"r_bn={s.r_bn} >= 0 and temperature={s.temperature} > 0")
+        if s.teacher.kwargs.get("norm") != "batch" and s.teacher.name == "convnet":
+            raise errors.ConfigError(
+                f"config.sre2l.teacher.kwargs.norm={s.teacher.kwargs.get('norm')!r}: SRe2L "
+                "matches BatchNorm statistics, so the teacher needs norm='batch'")
     if config.distill.labels == "expert" and config.method not in TRAJECTORY_METHODS:
         raise errors.ConfigError("config.distill.labels='expert' needs expert trajectories; "
                                  f"use a trajectory method ({', '.join(TRAJECTORY_METHODS)})")
@@ -435,6 +451,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         method = GradientMatching(model, data.x, data.y, data.num_classes, config.ipc,
                                   DCConfig(**config.dc.to_dict()), _dsa(config.dsa),
                                   seed=config.seed)
+    elif config.method == "sre2l":
+        teacher_cfg = config.sre2l.teacher
+        teacher = registry.build(teacher_cfg.name, num_classes=data.num_classes,
+                                 **teacher_cfg.kwargs.to_dict())
+        teacher_dsa = _dsa(config.experts.dsa)
+        variables, teacher_acc = sre2l_lib.train_teacher(
+            os.path.abspath(teacher_cfg.dir) if teacher_cfg.dir else os.path.join(workdir,
+                                                                                 "teacher"),
+            teacher, data.x, data.y, data.x_test, data.y_test, num_classes=data.num_classes,
+            epochs=teacher_cfg.epochs, lr=teacher_cfg.lr, batch_size=teacher_cfg.batch_size,
+            seed=teacher_cfg.seed, augment=lambda xb, k: dsa_fn(xb, k, teacher_dsa),
+            description={"data": config.data.name, "model": teacher_cfg.name,
+                         "model_kwargs": teacher_cfg.kwargs.to_dict()})
+        print(f"sre2l teacher ({teacher_cfg.name}): test accuracy {100 * teacher_acc:.2f}%",
+              flush=True)
+        sre2l_cfg = {k: v for k, v in config.sre2l.to_dict().items() if k != "teacher"}
+        method = sre2l_lib.StatisticsRecovery(teacher, variables, data.num_classes, config.ipc,
+                                              sre2l_lib.SRe2LConfig(**sre2l_cfg),
+                                              seed=config.seed)
     elif config.method == "frepo":
         method = FeatureRegression(model, data.x, data.y, data.num_classes, config.ipc,
                                    FRePoConfig(**config.frepo.to_dict()), seed=config.seed)
@@ -514,6 +549,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     syn = jax.device_get(state["syn"])
     if ema_decay:
         syn["images"] = jax.device_get(state["ema_images"])
+    if config.method in SOFT_LABEL_METHODS:  # SRe2L's relabel stage: the teacher's soft labels
+        syn["labels"] = jax.device_get(method.relabel(jnp.asarray(syn["images"])))
+        soft = True
 
     # -- outputs
     _write_synthetic(os.path.join(workdir, "synthetic.npz"), syn, data, soft,
@@ -556,6 +594,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results["experts/final_acc_mean"] = float(np.mean(trajectories.accuracy[-1]))
     if config.method in TRAJECTORY_METHODS:
         results["distill/lr"] = float(syn["lr"])
+    if config.method == "sre2l":
+        results["teacher/acc"] = teacher_acc
+    # Soft-label sets (learned or teacher labels) are reported apart from hard-label ones.
+    results["soft_labels"] = float(soft)
     report.write_results(os.path.join(workdir, "results.json"), results)
     title = (f"{config.method} on {data.name}, ipc {config.ipc} ({ecfg.num_nets} fresh nets, "
              "last-epoch test accuracy)")
