@@ -122,6 +122,14 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     return c
 
 
+def run_length(c: ml_collections.ConfigDict, smoke: bool, iterations: int, log_every: int,
+               checkpoint_every: int) -> None:
+    """Sets the distillation's length and logging/checkpoint cadence (smoke configs keep theirs)."""
+    if not smoke:
+        c.distill.update(dict(iterations=iterations, log_every=log_every,
+                              checkpoint_every=checkpoint_every))
+
+
 def method_config(method: str, data: str, arg: str | None, ipcs, name: str | None = None,
                   flags: tuple[str, ...] = ()) -> tuple[ConfigArgs, ml_collections.ConfigDict]:
     """Parses ``arg`` (``ipc=N``, ``seed=N``, ``smoke``) strictly and builds :func:`dd_config`.

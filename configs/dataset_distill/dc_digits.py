@@ -32,12 +32,11 @@ def make(data: str, arg=None, *, augment: bool):
     # network training between them, ipc 50: 50 and 10).
     c.distill.lr_img = 0.1
     c.distill.lr_lr = 0.0
-    if not args.smoke:
-        # Outer iterations (fresh networks) x outer_loop image updates: the reference runs 1000
-        # outer iterations; fewer at larger ipc here for CPU time (about 2000 image updates).
-        c.distill.iterations = _OUTER[args.ipc] * c.dc.outer_loop
-        c.distill.log_every = 10 * c.dc.outer_loop
-        c.distill.checkpoint_every = 50 * c.dc.outer_loop
-    else:
+    # Outer iterations (fresh networks) x outer_loop image updates: the reference runs 1000
+    # outer iterations; fewer at larger ipc here for CPU time (about 2000 image updates).
+    loops = c.dc.outer_loop
+    _base.run_length(c, args.smoke, _OUTER[args.ipc] * loops, log_every=10 * loops,
+                     checkpoint_every=50 * loops)
+    if args.smoke:
         c.dc.outer_loop, c.dc.inner_loop = 2, 2
     return c

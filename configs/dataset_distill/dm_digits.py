@@ -27,8 +27,5 @@ def make(data: str, arg=None):
     # lr_img 100 (the image-gradient norm is ~9 at ipc 1) saturates the images: 45% at ipc 1.
     c.distill.lr_img = 1.0
     c.distill.lr_lr = 0.0
-    if not args.smoke:
-        c.distill.iterations = 1000
-        c.distill.log_every = 50
-        c.distill.checkpoint_every = 500
+    _base.run_length(c, args.smoke, 1000, log_every=50, checkpoint_every=500)
     return c

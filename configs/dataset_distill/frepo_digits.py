@@ -27,10 +27,7 @@ def get_config(arg=None):
     c.distill.lr_img = 0.03
     c.distill.init = "class_mean"
     c.distill.lr_lr = 0.0
-    if not args.smoke:
-        c.distill.iterations = 1000
-        c.distill.log_every = 100
-        c.distill.checkpoint_every = 500
-    else:
+    _base.run_length(c, args.smoke, 1000, log_every=100, checkpoint_every=500)
+    if args.smoke:
         c.frepo.pool_size, c.frepo.max_online_steps, c.frepo.batch_real = 2, 3, 64
     return c

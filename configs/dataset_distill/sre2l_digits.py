@@ -33,11 +33,8 @@ def get_config(arg=None):
     c.distill.lr_lr = 0.0
     c.sre2l.crop_min_scale = 0.5
     c.sre2l.r_bn = 1.0
-    if not args.smoke:
-        c.distill.iterations = 1000
-        c.distill.log_every = 50
-        c.distill.checkpoint_every = 500
-    else:
+    _base.run_length(c, args.smoke, 1000, log_every=50, checkpoint_every=500)
+    if args.smoke:
         c.sre2l.teacher.epochs = 1
         c.sre2l.teacher.kwargs = dict(c.sre2l.teacher.kwargs, width=16)
     return c
