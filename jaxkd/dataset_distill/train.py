@@ -354,7 +354,7 @@ def _experts(config, data: RealData, model: FlatModel, workdir: str,
 # the new total from the resume point on).
 _RESUMABLE_KEYS = ("eval", "distill.progress", "distill.log_every", "distill.checkpoint_every",
                    "distill.on_nonfinite", "distill.iterations", "data.data_dir", "experts.dir",
-                   "experts.train")
+                   "experts.train", "sre2l.teacher.dir")
 
 
 def distill_settings(config: ml_collections.ConfigDict) -> dict:
