@@ -365,7 +365,11 @@ def distill_settings(config: ml_collections.ConfigDict) -> dict:
     report a mixture of the two).
     """
     plain = report.to_json_compatible(config.to_dict())  # strict JSON, as the meta stores it
-    settings = json.loads(json.dumps(plain, allow_nan=False))
+    return _strip_resumable(json.loads(json.dumps(plain, allow_nan=False)))
+
+
+def _strip_resumable(settings: dict) -> dict:
+    """``settings`` (a JSON copy, changed in place) without :data:`_RESUMABLE_KEYS`."""
     for key in _RESUMABLE_KEYS:
         *parents, leaf = key.split(".")
         node = settings
@@ -397,8 +401,9 @@ def _check_resume(checkpointer: ckpt_lib.Checkpointer, settings: dict, directory
     if latest is None:
         return
     found = checkpointer.read_meta(latest).get("settings")
+    # Keys made resumable since the checkpoint was written are ignored on its side too.
     diffs = (["the checkpoint records no settings (made by an older jaxkd)"] if found is None
-             else _settings_diff(found, settings))
+             else _settings_diff(_strip_resumable(found), settings))
     if diffs:
         raise ckpt_lib.CheckpointMismatchError(
             f"{directory} holds a distillation checkpoint (step {latest}) made under other "
