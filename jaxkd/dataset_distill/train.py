@@ -404,6 +404,13 @@ def _check_resume(checkpointer: ckpt_lib.Checkpointer, settings: dict, directory
     # Keys made resumable since the checkpoint was written are ignored on its side too.
     diffs = (["the checkpoint records no settings (made by an older jaxkd)"] if found is None
              else _settings_diff(_strip_resumable(found), settings))
+    # A key on one side only was added (or removed) by another jaxkd version: its default is
+    # taken to be what the checkpoint ran under. Said, not refused.
+    added = [d for d in diffs if ": only in the " in d]
+    diffs = [d for d in diffs if d not in added]
+    if added:
+        print(f"note: resuming {directory} (step {latest}); settings keys from another jaxkd "
+              f"version: {'; '.join(added)}", flush=True)
     if diffs:
         raise ckpt_lib.CheckpointMismatchError(
             f"{directory} holds a distillation checkpoint (step {latest}) made under other "

@@ -92,6 +92,26 @@ def test_resuming_under_other_distillation_settings_is_refused(mtt_run, tmp_path
     assert dd_train.distill_settings(other) != same
 
 
+def test_resume_check_tolerates_keys_of_another_version_and_refuses_changed_values(capsys):
+    class Fake:  # a checkpointer whose latest step recorded these settings
+        def __init__(self, settings):
+            self.settings = settings
+
+        def latest_step(self):
+            return 7
+
+        def read_meta(self, step):
+            return {"settings": self.settings}
+
+    now = {"mtt": {"syn_steps": 20, "new_option": 1}, "eval": {"epochs": 3}}
+    dd_train._check_resume(Fake({"mtt": {"syn_steps": 20}, "eval": {"epochs": 1}}), now, "d")
+    assert "mtt.new_option: only in the config" in capsys.readouterr().out
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="mtt.syn_steps: checkpoint has 10"):
+        dd_train._check_resume(Fake({"mtt": {"syn_steps": 10}}), now, "d")
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="records no settings"):
+        dd_train._check_resume(Fake(None), now, "d")
+
+
 def test_dc_resumes_mid_outer_iteration_to_the_same_synthetic_set(tmp_path):
     # Iteration 3 is round 1 of outer iteration 1: its network comes from the checkpointed carry.
     def run(workdir, iterations):
