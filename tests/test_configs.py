@@ -28,8 +28,9 @@ TWINS.append("configs/dataset_distill/mtt_digits.py")
 # The relational KD methods' path through the train step is tested in-process, per loss, in
 # tests/kd/test_feature_distillation.py (the digits configs differ from fitnet's only there).
 TWINS += [f"configs/kd/{m}_digits.py" for m in ("rkd", "pkt", "sp", "cc")]
-# DC runs in-process there too; DSA is the same driver path with augmentation on.
-TWINS += ["configs/dataset_distill/dc_digits.py", "configs/dataset_distill/dsa_digits.py"]
+# DC runs in-process there too; DSA is the same driver path with augmentation on, and FRePo's
+# path (a method with a carry) is DC's, its pieces tested in tests/dataset_distill/test_frepo.py.
+TWINS += [f"configs/dataset_distill/{m}_digits.py" for m in ("dc", "dsa", "frepo")]
 SMOKE = [p for p in CONFIGS if p not in TWINS]
 
 
