@@ -67,8 +67,8 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # ``ema``: FTD's exponential moving average of the images (decay; 0 = off): the average,
     # not the last iterate, is saved and evaluated.
     c.distill = dict(iterations=500, init="real", init_file="", labels="hard", label_epoch=0,
-                     optimizer="sgd", lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0, momentum=0.5,
-                     ema=0.0, label_momentum=0.9, log_every=10, checkpoint_every=100,
+                     optimizer="sgd", lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0,
+                     momentum=0.5, ema=0.0, label_momentum=0.9, log_every=10, checkpoint_every=100,
                      on_nonfinite="stop", progress=True)
     # Trajectory matching (see jaxkd.dataset_distill.mtt.MTTConfig).
     c.mtt = dict(syn_steps=20, expert_epochs=2, min_start_epoch=0, max_start_epoch=5,
@@ -95,9 +95,10 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # The evaluation protocol: ``num_nets`` fresh ``model`` networks, ``epochs`` over the
     # synthetic set, last-epoch accuracy (results ``eval/acc_*``); ``learned_lr`` uses a
     # trajectory method's learned lr; ``baselines`` (random subset, class means, full data for
-    # ``full_epochs``, 0 = skip it) are computed once per workdir. The distillation network, when it differs, is evaluated too
-    # (``eval_distill_net/acc_*``), and so are ``cross_models`` (comma-separated registry
-    # names, kwargs in ``cross_kwargs``; ``eval_<name>/acc_*``).
+    # ``full_epochs``, 0 = skip it) are computed once per workdir. The distillation network,
+    # when it differs, is evaluated too (``eval_distill_net/acc_*``), and so are
+    # ``cross_models`` (comma-separated registry names, kwargs in ``cross_kwargs``;
+    # ``eval_<name>/acc_*``).
     c.eval = dict(model=dict(name=d["eval_model"], kwargs=d["eval_kwargs"]), baselines=True,
                   num_nets=5, epochs=300.0, seed=10_000, learned_lr=True, full_epochs=100.0,
                   sgd=sgd(0.01, 0.9, 5e-4, 256), dsa=dict(dsa), cross_models="mlp",

@@ -5,7 +5,8 @@
    their class and the batch statistics they induce at every BatchNorm layer match the
    teacher's running statistics:
 
-       loss = CE(teacher(A(x)), y) + r_bn * sum_l (|mu_l(A(x)) - mu_l^BN|_2 + |var_l(A(x)) - var_l^BN|_2)
+       loss = CE(teacher(A(x)), y)
+              + r_bn * sum_l (|mu_l(A(x)) - mu_l^BN|_2 + |var_l(A(x)) - var_l^BN|_2)
 
    with the teacher in inference mode and ``A`` a random resized crop. SRe2L draws the crop's
    area fraction from ``[crop_min_scale, 1]``; CDA's curriculum starts with whole images and
@@ -188,7 +189,8 @@ def train_teacher(directory: str, model: nn.Module, x: jax.Array, y: np.ndarray,
 
         (_, new), g = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
         updates, opt = tx.update(g, opt, variables["params"])
-        return {**variables, **new, "params": optax.apply_updates(variables["params"], updates)}, opt
+        params = optax.apply_updates(variables["params"], updates)
+        return {**variables, **new, "params": params}, opt
 
     opt = tx.init(variables["params"])
     key = jax.random.PRNGKey(seed + 1)
