@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.dataset_distill.augment import DSAConfig, dsa
-from jaxkd.dataset_distill.nets import FlatModel, batch_indices
+from jaxkd.dataset_distill.nets import FlatModel, batch_indices, class_batches, image_grads
 from jaxkd.losses.dataset import gradient_matching_distance, soft_cross_entropy
 
 __all__ = ["DCConfig", "GradientMatching", "DC_LOOPS"]
@@ -124,14 +124,11 @@ class GradientMatching:
             theta = self.model.init(jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), outer))
         else:
             theta = self.train_net(carry["theta"], syn["images"], iteration)
-        rng = np.random.default_rng([self.seed, 11, iteration])
-        idx = np.stack([rng.choice(m, self.batch_real, replace=False) for m in self.members])
+        idx = class_batches(self.members, self.batch_real, self.seed, iteration)
         loss, g_images = self._loss_and_grad(syn["images"], theta, self.x_real[idx],
                                              jax.random.split(self._key(iteration, 0),
                                                               self.num_classes))
-        grads = jax.tree.map(jnp.zeros_like, syn)
-        grads["images"] = g_images
-        return loss, grads, {}, {"theta": theta}
+        return loss, image_grads(syn, g_images), {}, {"theta": theta}
 
     def skip(self, loss: jax.Array) -> jax.Array:
         return jnp.zeros((), bool)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.dataset_distill.augment import DSAConfig, dsa
-from jaxkd.dataset_distill.nets import FlatModel
+from jaxkd.dataset_distill.nets import FlatModel, class_batches, image_grads
 from jaxkd.losses.dataset import distribution_matching_loss
 
 __all__ = ["DMConfig", "DistributionMatching"]
@@ -55,16 +55,13 @@ class DistributionMatching:
 
     def loss_and_grad(self, syn: dict, iteration: int, total: int) -> tuple[Any, dict, dict]:
         del total
-        rng = np.random.default_rng([self.seed, 11, iteration])
-        idx = np.stack([rng.choice(m, self.batch_real, replace=False) for m in self.members])
+        idx = class_batches(self.members, self.batch_real, self.seed, iteration)
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), iteration)
         k_net, k_aug = jax.random.split(key)
         theta = self.model.init(k_net)
         loss, g_images = self._loss_and_grad(syn["images"], theta, self.x_real[idx],
                                              jax.random.split(k_aug, self.num_classes))
-        grads = jax.tree.map(jnp.zeros_like, syn)
-        grads["images"] = g_images
-        return loss, grads, {}
+        return loss, image_grads(syn, g_images), {}
 
     def skip(self, loss: jax.Array) -> jax.Array:
         return jnp.zeros((), bool)

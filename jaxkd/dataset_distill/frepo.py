@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.dataset_distill.nets import FlatModel
+from jaxkd.dataset_distill.nets import FlatModel, image_grads
 from jaxkd.losses.dataset import soft_cross_entropy
 
 __all__ = ["FRePoConfig", "FeatureRegression", "krr_loss"]
@@ -141,9 +141,8 @@ class FeatureRegression:
         fresh = self._init(self._key(iteration))
         thetas, vels, steps = self._online_step(carry["thetas"], carry["vels"], carry["steps"],
                                                 k, syn["images"], fresh)
-        grads = jax.tree.map(jnp.zeros_like, syn)
-        grads["images"] = g_images
-        return loss, grads, {}, {"thetas": thetas, "vels": vels, "steps": steps}
+        carry = {"thetas": thetas, "vels": vels, "steps": steps}
+        return loss, image_grads(syn, g_images), {}, carry
 
     def skip(self, loss: jax.Array) -> jax.Array:
         return jnp.zeros((), bool)

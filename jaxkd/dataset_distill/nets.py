@@ -25,7 +25,8 @@ from jax.flatten_util import ravel_pytree
 from jaxkd.dataset_distill.augment import DSAConfig, dsa
 from jaxkd.losses.dataset import soft_cross_entropy
 
-__all__ = ["FlatModel", "SGDConfig", "NetTrainer", "batch_indices", "lr_at"]
+__all__ = ["FlatModel", "SGDConfig", "NetTrainer", "batch_indices", "class_batches",
+           "image_grads", "lr_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,20 @@ def batch_indices(rng: np.random.Generator, num_examples: int, batch_size: int,
     need = num_steps * batch_size
     perms = [rng.permutation(num_examples) for _ in range(-(-need // num_examples))]
     return np.concatenate(perms)[:need].reshape(num_steps, batch_size).astype(np.int32)
+
+
+def class_batches(members: list[np.ndarray], size: int, seed: int, iteration: int) -> np.ndarray:
+    """``[C, size]`` indices: ``size`` real examples of each class, drawn without replacement
+    from ``members[c]``, fixed by ``(seed, iteration)`` (so a resumed run draws the same)."""
+    rng = np.random.default_rng([seed, 11, iteration])
+    return np.stack([rng.choice(m, size, replace=False) for m in members])
+
+
+def image_grads(syn: dict, g_images: jax.Array) -> dict:
+    """A gradient tree for the synthetic set where only the images learn (zeros elsewhere)."""
+    grads = jax.tree.map(jnp.zeros_like, syn)
+    grads["images"] = g_images
+    return grads
 
 
 class NetTrainer:

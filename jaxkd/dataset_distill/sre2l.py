@@ -36,7 +36,7 @@ from flax import serialization
 
 from jaxkd.core import report
 from jaxkd.dataset_distill.augment import affine_warp
-from jaxkd.dataset_distill.nets import batch_indices
+from jaxkd.dataset_distill.nets import batch_indices, image_grads
 from jaxkd.losses.dataset import soft_cross_entropy
 
 __all__ = ["SRe2LConfig", "StatisticsRecovery", "bn_statistics", "bn_matching_loss",
@@ -134,9 +134,7 @@ class StatisticsRecovery:
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), iteration)
         (loss, aux), g_images = self._loss_and_grad(syn["images"], key,
                                                     jnp.float32(self.min_scale(iteration, total)))
-        grads = jax.tree.map(jnp.zeros_like, syn)
-        grads["images"] = g_images
-        return loss, grads, {k: float(v) for k, v in aux.items()}
+        return loss, image_grads(syn, g_images), {k: float(v) for k, v in aux.items()}
 
     def skip(self, loss: jax.Array) -> jax.Array:
         return jnp.zeros((), bool)
