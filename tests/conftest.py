@@ -11,14 +11,27 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Under pytest-xdist the workers inherit the controller's environment, including the cache
+# settings below that are meant for subprocesses only: drop them before jax reads them.
+_SHARED_CACHE = os.environ.get("JAXKD_TESTS_XLA_CACHE")
+if _SHARED_CACHE:
+    for _key in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+        os.environ.pop(_key, None)
+
 import jax  # noqa: E402  (reads its settings from the environment here, before the lines below)
 
 # The many tests that run an experiment in a subprocess (every config's CLI smoke run, resume
 # tests, benchmarks) compile the same teacher/scratch programs again and again; a persistent
 # XLA cache shared by those subprocesses (and only by them: this process has already read its
 # settings) compiles each once per test session, halving a smoke run.
-_XLA_CACHE = tempfile.mkdtemp(prefix="jaxkd-tests-xla-cache-")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# The xdist workers share the controller's folder; only the process that made it removes it.
+if _SHARED_CACHE:
+    _XLA_CACHE = _SHARED_CACHE
+else:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="jaxkd-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    os.environ["JAXKD_TESTS_XLA_CACHE"] = _XLA_CACHE
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
