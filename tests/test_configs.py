@@ -31,6 +31,8 @@ TWINS += [f"configs/kd/{m}_digits.py" for m in ("rkd", "pkt", "sp", "cc")]
 # DC runs in-process there too; DSA is the same driver path with augmentation on, and FRePo's
 # path (a method with a carry) is DC's, its pieces tested in tests/dataset_distill/test_frepo.py.
 TWINS += [f"configs/dataset_distill/{m}_digits.py" for m in ("dc", "dsa", "frepo")]
+# FTD and AST are MTT with other experts: the AST config runs in-process in test_train.py.
+TWINS += [f"configs/dataset_distill/{m}_digits.py" for m in ("ftd", "ast")]
 SMOKE = [p for p in CONFIGS if p not in TWINS]
 
 

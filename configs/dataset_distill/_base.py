@@ -53,8 +53,14 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
 
     # Expert trajectories (trajectory methods): ``dir`` "" = workdir/experts; share one
     # directory between runs with --config.experts.dir. ``train``: train missing epochs.
+    # Smoother experts (jaxkd.dataset_distill.nets.ExpertObjective): FTD's sharpness-aware
+    # training (``sam_rho`` > 0; GSAM with ``sam_alpha``; ASAM with ``sam_adaptive``), AST's
+    # clipping loss (``loss_scale``: comma-separated multipliers of the first epochs' loss) and
+    # input-gradient penalty (``grad_penalty``).
     c.experts = dict(dir="", train=True, num_experts=8, epochs=20, seed=0,
-                     sgd=sgd(0.01, 0.0, 0.0, 32, decay_at=1.0), dsa=dict(dsa))
+                     sgd=sgd(0.01, 0.0, 0.0, 32, decay_at=1.0), dsa=dict(dsa),
+                     sam_rho=0.0, sam_alpha=0.0, sam_adaptive=False, loss_scale="",
+                     grad_penalty=0.0)
 
     # The synthetic set: ``init`` "real" (random real images), "noise" or "class_mean" (the
     # class-mean baseline's images: per-class means or k-means centroids); ``labels`` "hard"

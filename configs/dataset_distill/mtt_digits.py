@@ -34,9 +34,10 @@ def get_config(arg=None):
     return make("sklearn_digits", arg)
 
 
-def make(data: str, arg=None):
-    """The MTT config on ``data`` (also used by ``mtt_mnist1d.py``)."""
-    args, c = _base.method_config("mtt", data, arg, _SETTINGS)
+def make(data: str, arg=None, name: str = "mtt"):
+    """The MTT config on ``data`` (also used by ``mtt_mnist1d.py``, ``ftd_digits.py``,
+    ``ast_digits.py``; ``name`` is the config file's method part, for error messages)."""
+    args, c = _base.method_config("mtt", data, arg, _SETTINGS, name=name)
     if not args.smoke:
         settings = _SETTINGS[args.ipc]
         c.mtt.update(settings["mtt"])

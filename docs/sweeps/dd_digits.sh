@@ -5,7 +5,8 @@
 # Resumable: a finished run (results.json) is skipped; an interrupted one resumes. Baselines are
 # computed once and copied between runs (the driver checks each file's key).
 #   [IPCS="1 10"] bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]
-#   methods: mtt dm dc dsa frepo (default: mtt dm)
+#   methods: mtt ftd ast dm dc dsa frepo sre2l (default: mtt dm); FTD and AST train their own
+#   experts (experts_ftd/, experts_ast/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}
@@ -13,7 +14,7 @@ shift || true
 methods=${*:-mtt dm}
 py=${PYTHON:-.venv/bin/python}
 root="$runs/dd_digits"
-args=(--config.distill.progress=false --config.experts.dir="$root/experts")
+args=(--config.distill.progress=false)
 ipcs=${IPCS:-1 10 50}
 for method in $methods; do
   for ipc in $ipcs; do
@@ -29,8 +30,12 @@ for method in $methods; do
     for f in "$root"/*_ipc$ipc/baselines.json; do
       [ -f "$f" ] && [ ! -f "$w/baselines.json" ] && cp "$f" "$w/" && break
     done
+    case $method in
+      ftd|ast) experts="$root/experts_$method" ;;
+      *) experts="$root/experts" ;;
+    esac
     $py -m experiments.dataset_distill --config "configs/dataset_distill/${method}_digits.py:ipc=$ipc" \
-      --workdir "$w" "${args[@]}" >/dev/null
+      --workdir "$w" "${args[@]}" --config.experts.dir="$experts" >/dev/null
   done
 done
 $py - "$root" $methods <<'PY'

@@ -34,7 +34,7 @@ from jaxkd.core import errors, report
 from jaxkd.core.progress import Progress
 from jaxkd.dataset_distill.augment import DSAConfig
 from jaxkd.dataset_distill.evaluate import one_hot
-from jaxkd.dataset_distill.nets import FlatModel, NetTrainer, SGDConfig
+from jaxkd.dataset_distill.nets import ExpertObjective, FlatModel, NetTrainer, SGDConfig
 
 __all__ = ["ExpertsMismatchError", "MissingExpertsError", "Trajectories", "train_experts"]
 
@@ -81,7 +81,8 @@ def train_experts(directory: str, model: FlatModel, x: jnp.ndarray, labels: np.n
                   x_test: jnp.ndarray, labels_test: np.ndarray, *, num_classes: int,
                   num_experts: int,
                   epochs: int, sgd: SGDConfig, dsa_cfg: DSAConfig, seed: int,
-                  description: dict[str, Any], progress: bool = True) -> Trajectories:
+                  description: dict[str, Any], progress: bool = True,
+                  objective: ExpertObjective = ExpertObjective()) -> Trajectories:
     """Trains (or finishes training) ``num_experts`` experts for ``epochs`` epochs.
 
     Args:
@@ -94,16 +95,21 @@ def train_experts(directory: str, model: FlatModel, x: jnp.ndarray, labels: np.n
       description: JSON-able facts that identify the experts (model name and kwargs, data set);
         stored in ``meta.json`` with the settings above and checked on reuse.
       progress: show a progress bar.
+      objective: FTD's sharpness-aware or AST's smoothed training (:class:`ExpertObjective`);
+        recorded in ``meta.json`` when it is not plain SGD on cross-entropy.
 
     Returns:
       the :class:`Trajectories`. Asking for more epochs than are on disk continues training.
     """
     meta = {**description, "num_experts": num_experts, "num_params": model.num_params,
             "sgd": dataclasses.asdict(sgd), "dsa": dataclasses.asdict(dsa_cfg), "seed": seed}
+    if not objective.is_plain:  # (plain experts keep the meta.json of earlier versions)
+        meta["objective"] = {**dataclasses.asdict(objective),
+                             "loss_scale": list(objective.loss_scale)}
     _check_meta(directory, meta)
     os.makedirs(directory, exist_ok=True)
     done = _epochs_on_disk(directory)
-    trainer = NetTrainer(model, sgd, dsa_cfg)
+    trainer = NetTrainer(model, sgd, dsa_cfg, objective)
     batch = min(sgd.batch_size, x.shape[0])
     steps_per_epoch = -(-x.shape[0] // batch)
     # The learning rate schedule sees the run as `epochs` long; stretching a finished run

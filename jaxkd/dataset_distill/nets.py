@@ -25,8 +25,8 @@ from jax.flatten_util import ravel_pytree
 from jaxkd.dataset_distill.augment import DSAConfig, dsa
 from jaxkd.losses.dataset import soft_cross_entropy
 
-__all__ = ["FlatModel", "SGDConfig", "NetTrainer", "batch_indices", "class_batches",
-           "image_grads", "lr_at"]
+__all__ = ["ExpertObjective", "FlatModel", "SGDConfig", "NetTrainer", "batch_indices",
+           "class_batches", "expert_gradient", "image_grads", "lr_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,72 @@ class SGDConfig:
     decay_factor: float = 0.1
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertObjective:
+    """How experts are trained beyond plain SGD on cross-entropy (the default changes nothing).
+
+    - FTD (flat trajectories): sharpness-aware minimisation. The gradient is taken at
+      ``theta + e`` with ``e = sam_rho * g / ||g||`` (``g`` the plain gradient; with
+      ``sam_adaptive`` (ASAM) ``e = sam_rho * theta^2 g / ||theta g||``). With ``sam_alpha > 0``
+      (GSAM, FTD's choice with rho 0.01, alpha 0.3) the part of ``g`` orthogonal to the perturbed
+      gradient ``g_p`` is subtracted: ``g_p - sam_alpha * (g - (g.g_p / |g_p|^2) g_p)``.
+    - AST (smooth expert trajectories): ``loss_scale`` multiplies the loss in the first
+      ``len(loss_scale)`` epochs (its "clipping loss": a gentler start; AST uses
+      0.5, 0.5, 0.55, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9), and ``grad_penalty`` adds
+      ``grad_penalty * mean_i (||d loss_i / d x_i|| - 1)^2``, the input-gradient norm of each
+      example's loss pulled towards 1 (the card's 2 * mean((||grad_x f|| - 1)^2), with f read
+      as the example's loss; computed on the augmented batch by double backpropagation).
+    """
+
+    sam_rho: float = 0.0
+    sam_alpha: float = 0.0
+    sam_adaptive: bool = False
+    loss_scale: tuple[float, ...] = ()
+    grad_penalty: float = 0.0
+
+    def scale_at(self, epoch: int) -> float:
+        """The loss multiplier of (0-based) epoch ``epoch``."""
+        return self.loss_scale[epoch] if epoch < len(self.loss_scale) else 1.0
+
+    @property
+    def is_plain(self) -> bool:
+        return self == ExpertObjective()
+
+
+def expert_gradient(model: FlatModel, objective: ExpertObjective, theta: jax.Array,
+                    x: jax.Array, y: jax.Array, scale: jax.Array | float = 1.0,
+                    ) -> tuple[jax.Array, jax.Array]:
+    """``(loss, gradient)`` of one expert step on the (augmented) batch ``x``, targets ``y``.
+
+    ``loss`` is the scaled objective at ``theta`` (cross-entropy times ``scale`` plus the
+    gradient penalty); the gradient follows :class:`ExpertObjective` (SAM/GSAM when
+    ``sam_rho > 0``).
+    """
+
+    def loss_fn(t):
+        per_example = lambda xb: -jnp.sum(
+            y * jax.nn.log_softmax(model.apply(t, xb).astype(jnp.float32), -1), -1)
+        loss = scale * jnp.mean(per_example(x))
+        if objective.grad_penalty:
+            # The examples are independent (no batch statistics), so the gradient of the sum
+            # holds each example's own input gradient.
+            gx = jax.grad(lambda xb: jnp.sum(per_example(xb)))(x)
+            norms = jnp.sqrt(jnp.sum(jnp.square(gx.reshape(x.shape[0], -1)), -1) + 1e-12)
+            loss = loss + objective.grad_penalty * jnp.mean(jnp.square(norms - 1.0))
+        return loss
+
+    loss, g = jax.value_and_grad(loss_fn)(theta)
+    if not objective.sam_rho:
+        return loss, g
+    weight = jnp.abs(theta) if objective.sam_adaptive else 1.0
+    e = objective.sam_rho * weight * weight * g / (jnp.linalg.norm(weight * g) + 1e-12)
+    g_p = jax.grad(loss_fn)(theta + e)
+    if objective.sam_alpha:
+        parallel = jnp.vdot(g, g_p) / (jnp.vdot(g_p, g_p) + 1e-12) * g_p
+        g_p = g_p - objective.sam_alpha * (g - parallel)
+    return loss, g_p
+
+
 def lr_at(cfg: SGDConfig, step: int, total_steps: int, lr: float | None = None) -> float:
     """The learning rate of step ``step`` of ``total_steps`` (``lr`` overrides ``cfg.lr``)."""
     base = cfg.lr if lr is None else lr
@@ -125,18 +191,23 @@ class NetTrainer:
     Targets are class-probability rows ``[N, C]`` (one-hot for hard labels).
     """
 
-    def __init__(self, model: FlatModel, sgd: SGDConfig, dsa_cfg: DSAConfig):
-        self.model, self.sgd, self.dsa_cfg = model, sgd, dsa_cfg
+    def __init__(self, model: FlatModel, sgd: SGDConfig, dsa_cfg: DSAConfig,
+                 objective: ExpertObjective = ExpertObjective()):
+        self.model, self.sgd, self.dsa_cfg, self.objective = model, sgd, dsa_cfg, objective
 
-        def one(theta, vel, x_all, y_all, idx, key, lr):
+        def one(theta, vel, x_all, y_all, idx, key, lr, scale):
             x, y = dsa(x_all[idx], key, dsa_cfg), y_all[idx]
-            loss, g = jax.value_and_grad(lambda t: soft_cross_entropy(model.apply(t, x), y))(theta)
+            if objective.is_plain:
+                loss, g = jax.value_and_grad(
+                    lambda t: soft_cross_entropy(model.apply(t, x), y))(theta)
+            else:
+                loss, g = expert_gradient(model, objective, theta, x, y, scale)
             vel = sgd.momentum * vel + g + sgd.weight_decay * theta
             return theta - lr * vel, vel, loss
 
-        self._step = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None)),
+        self._step = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None, None)),
                              donate_argnums=(0, 1))
-        self._step_per_net = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)),
+        self._step_per_net = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None, None)),
                                      donate_argnums=(0, 1))
 
         def accuracy(thetas, x, labels):
@@ -183,7 +254,8 @@ class NetTrainer:
             idx = order[:, within]
             keys = jax.random.split(jax.random.fold_in(base, step), num_nets)
             thetas, vels, losses = step_fn(thetas, vels, x, targets, idx, keys,
-                                              lr_at(self.sgd, step, total_steps, lr))
+                                           lr_at(self.sgd, step, total_steps, lr),
+                                           self.objective.scale_at(epoch))
             if on_step is not None:
                 on_step(step, losses)
         return thetas, vels

@@ -42,7 +42,7 @@ from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
 from jaxkd.dataset_distill.frepo import FeatureRegression, FRePoConfig
 from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching, label_targets
 from jaxkd.dataset_distill import sre2l as sre2l_lib
-from jaxkd.dataset_distill.nets import FlatModel, SGDConfig
+from jaxkd.dataset_distill.nets import ExpertObjective, FlatModel, SGDConfig
 from jaxkd.dataset_distill.unroll import METHODS as HYPERGRAD_METHODS
 from jaxkd.models import registry
 
@@ -117,6 +117,7 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
         raise errors.ConfigError(f"config.method={config.method!r}; valid: {', '.join(METHODS)}")
     if config.ipc < 1:
         raise errors.ConfigError(f"config.ipc={config.ipc} must be >= 1")
+    expert_objective(config)  # raises on bad experts.{sam_*, loss_scale, grad_penalty}
     if config.distill.iterations < 0:
         raise errors.ConfigError(f"config.distill.iterations={config.distill.iterations} must "
                                  "be >= 0 (0 = evaluate config.distill.init_file as it is)")
@@ -346,7 +347,32 @@ def _experts(config, data: RealData, model: FlatModel, workdir: str,
         sgd=_sgd(e.sgd), dsa_cfg=_dsa(e.dsa), seed=e.seed,
         description={"data": config.data.name, "model": config.model.name,
                      "model_kwargs": config.model.kwargs.to_dict()},
-        progress=progress)
+        progress=progress, objective=expert_objective(config))
+
+
+def expert_objective(config: ml_collections.ConfigDict) -> ExpertObjective:
+    """The experts' training objective (FTD's SAM/GSAM, AST's smoothing) from ``config.experts``."""
+    e = config.experts
+    try:
+        scale = tuple(float(v) for v in e.loss_scale.split(",") if v.strip())
+    except ValueError:
+        raise errors.ConfigError(
+            f"config.experts.loss_scale={e.loss_scale!r}: comma-separated numbers, one loss "
+            "multiplier per early epoch (AST: '0.5,0.5,0.55,0.55,0.6,0.65,0.7,0.75,0.8,0.85,"
+            "0.9'), or '' for none") from None
+    if any(v <= 0 for v in scale):
+        raise errors.ConfigError(
+            f"config.experts.loss_scale={e.loss_scale!r}: every multiplier must be positive")
+    for key in ("sam_rho", "sam_alpha", "grad_penalty"):
+        if e[key] < 0:
+            raise errors.ConfigError(f"config.experts.{key}={e[key]} must be >= 0 (0 = off)")
+    if e.sam_alpha and not e.sam_rho:
+        raise errors.ConfigError(
+            f"config.experts.sam_alpha={e.sam_alpha} is GSAM's weight and needs sharpness-aware "
+            "training: set config.experts.sam_rho > 0 too (FTD: sam_rho=0.01, sam_alpha=0.3)")
+    return ExpertObjective(sam_rho=float(e.sam_rho), sam_alpha=float(e.sam_alpha),
+                           sam_adaptive=bool(e.sam_adaptive), loss_scale=scale,
+                           grad_penalty=float(e.grad_penalty))
 
 
 # Keys that do not change the synthetic set a run produces: a run may resume under other values.

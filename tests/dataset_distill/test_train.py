@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from configs.dataset_distill import dc_digits, dm_digits, mtt_digits
+from configs.dataset_distill import ast_digits, dc_digits, dm_digits, ftd_digits, mtt_digits
 from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop
 from jaxkd.dataset_distill import train as dd_train
@@ -228,6 +228,28 @@ def test_ftd_ema_saves_the_moving_average_of_the_images(tmp_path):
     np.testing.assert_allclose(images["ema"], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(errors.ConfigError, match="config.distill.ema"):
         dd_train.check_config(_smoke(dm_digits, **{"distill.ema": 1.0}))
+
+
+def test_ast_and_ftd_configs_train_their_own_experts(mtt_run, tmp_path):
+    # AST's experts (loss x 0.5 in epoch 0, gradient penalty) leave MTT's plain trajectory from
+    # the same initialisation; FTD's config asks for GSAM experts and an image EMA.
+    workdir, _, _ = mtt_run
+    fast = {"eval.num_nets": 1, "eval.epochs": 1.0, "eval.baselines": False,
+            "experts.epochs": 1, "distill.iterations": 1, "mtt.max_start_epoch": 1}
+    config = _smoke(ast_digits, ipc=2, **fast)
+    results = dd_train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= results["eval/acc_mean"] <= 1.0
+    meta = json.load(open(tmp_path / "experts" / "meta.json"))
+    assert meta["objective"]["loss_scale"][:2] == [0.5, 0.5]
+    assert meta["objective"]["grad_penalty"] == 2.0
+    ast_experts = np.load(tmp_path / "experts" / "epoch_0001.npy")
+    plain = np.load(os.path.join(workdir, "experts", "epoch_0001.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "experts" / "epoch_0000.npy"),
+                                  np.load(os.path.join(workdir, "experts", "epoch_0000.npy")))
+    assert not np.allclose(ast_experts, plain, atol=1e-4)
+    ftd = _smoke(ftd_digits, ipc=2)
+    assert dd_train.expert_objective(ftd).sam_rho == 0.01 and ftd.distill.ema > 0
+    dd_train.check_config(ftd)
 
 
 def test_full_data_baseline_is_shared_through_its_cache_file(mtt_run, tmp_path):
