@@ -20,11 +20,16 @@ DATA = {
     "sklearn_digits": dict(
         model="convnet", model_kwargs=dict(width=64, depth=2, norm="instance"),
         eval_model="convnet", eval_kwargs=dict(width=128, depth=2, norm="instance"),
-        strategy="color_crop_cutout_scale_rotate"),
+        strategy="color_crop_cutout_scale_rotate",
+        # Cross-architecture: an MLP, and a ResNet with instance norm (the DD code's ResNet-18
+        # default; batch norm cannot be trained as a flat parameter vector here).
+        cross="mlp,resnet8", cross_kwargs={"mlp": {"hidden": (128,)},
+                                           "resnet8": {"norm": "instance"}}),
     "mnist1d": dict(
         model="convnet1d", model_kwargs=dict(width=64, depth=3),
         eval_model="convnet1d", eval_kwargs=dict(width=64, depth=3),
-        strategy="color_crop_cutout_scale"),
+        strategy="color_crop_cutout_scale", cross="mlp",
+        cross_kwargs={"mlp": {"hidden": (128,)}}),
 }
 
 SHORT = {"sklearn_digits": "digits", "mnist1d": "mnist1d"}  # config file suffixes
@@ -107,8 +112,8 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # ``eval_<name>/acc_*``).
     c.eval = dict(model=dict(name=d["eval_model"], kwargs=d["eval_kwargs"]), baselines=True,
                   num_nets=5, epochs=300.0, seed=10_000, learned_lr=True, full_epochs=100.0,
-                  sgd=sgd(0.01, 0.9, 5e-4, 256), dsa=dict(dsa), cross_models="mlp",
-                  cross_kwargs={"mlp": {"hidden": (128,)}})
+                  sgd=sgd(0.01, 0.9, 5e-4, 256), dsa=dict(dsa), cross_models=d["cross"],
+                  cross_kwargs=d["cross_kwargs"])
     if smoke:
         c.experts.num_experts = 2
         c.experts.epochs = 3
@@ -121,6 +126,7 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
         c.eval.num_nets = 2
         c.eval.epochs = 3.0
         c.eval.full_epochs = 1.0
+        c.eval.cross_models = "mlp"  # (the ResNet's compile is tested on its own)
         c.model.kwargs = dict(c.model.kwargs, width=16)
         c.eval.model.kwargs = dict(c.eval.model.kwargs, width=16)
         # One op compiles far faster than the six-way switch (the full DSA is tested on its own).

@@ -42,8 +42,8 @@ $py - "$root" $methods <<'PY'
 import json, os, sys
 root, names = sys.argv[1], sys.argv[2:]
 pct = lambda r, k: f"{100 * r[k + '/acc_mean']:.2f} +- {100 * r[k + '/acc_std']:.2f}"
-print("| method | IPC | synthetic (ConvNet) | MLP | random real | class means | full data |")
-print("|---|---|---|---|---|---|---|")
+print("| method | IPC | synthetic (ConvNet) | MLP | ResNet-8 (IN) | random real | class means | full data |")
+print("|---|---|---|---|---|---|---|---|")
 for name in names:
     for ipc in (1, 10, 50):
         path = os.path.join(root, f"{name}_ipc{ipc}", "results.json")
@@ -51,6 +51,7 @@ for name in names:
             continue
         r = json.load(open(path))
         mlp = pct(r, "eval_mlp") if "eval_mlp/acc_mean" in r else "-"
-        print(f"| {name} | {ipc} | {pct(r, 'eval')} | {mlp} | {pct(r, 'baseline/random')} | "
+        res = pct(r, "eval_resnet8") if "eval_resnet8/acc_mean" in r else "-"
+        print(f"| {name} | {ipc} | {pct(r, 'eval')} | {mlp} | {res} | {pct(r, 'baseline/random')} | "
               f"{pct(r, 'baseline/class_mean')} | {pct(r, 'baseline/full')} |")
 PY

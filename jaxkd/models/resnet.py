@@ -19,6 +19,19 @@ from flax.typing import Dtype
 _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+RESNET_NORMS = ("batch", "instance")
+
+
+def _norm_layer(kind: str, train: bool, dtype: Dtype) -> functools.partial:
+    """BatchNorm (PyTorch defaults), or instance norm: GroupNorm with one channel per group
+    and a per-channel affine, the default of the dataset-distillation code's ``ResNet18``."""
+    if kind == "batch":
+        return functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=dtype)
+    if kind == "instance":
+        return functools.partial(nn.GroupNorm, num_groups=None, group_size=1, epsilon=_BN_EPS,
+                                 dtype=dtype)
+    raise ValueError(f"unknown ResNet norm {kind!r}; valid: {', '.join(RESNET_NORMS)}")
 
 
 class BasicBlock(nn.Module):
@@ -31,17 +44,12 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: Dtype = jnp.float32
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype)
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-        )
+        norm = _norm_layer(self.norm, train, self.dtype)
         s = (self.strides, self.strides)
         y = conv(self.features, (3, 3), strides=s, padding=1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -58,8 +66,10 @@ class ResNet(nn.Module):
     """CIFAR ResNet with basic blocks.
 
     Input: float `[B, H, W, C]` (32x32 for CIFAR; any size works since pooling is global).
-    Output: float32 logits `[B, num_classes]`. Batch norm everywhere: running statistics live
-    in `batch_stats` and are used when `train=False`.
+    Output: float32 logits `[B, num_classes]`. `norm="batch"` (default): batch norm
+    everywhere, running statistics in `batch_stats`, used when `train=False`; `norm="instance"`:
+    per-example, per-channel normalisation with no state (the dataset-distillation code's
+    ResNet-18 default; trainable as a flat parameter vector). Layer names are the same.
 
     Sown into the `intermediates` collection (S = len(stage_sizes)):
       - `stem`: `[B, H, W, stem_width]`, after stem conv + BN + ReLU.
@@ -74,8 +84,11 @@ class ResNet(nn.Module):
     widths: Sequence[int]
     stem_width: int
     dtype: Dtype = jnp.float32
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
+        if self.norm not in RESNET_NORMS:
+            raise ValueError(f"unknown ResNet norm {self.norm!r}; valid: {', '.join(RESNET_NORMS)}")
         # Configs may hand over lists; tuples keep the module hashable (for static jit args).
         object.__setattr__(self, "stage_sizes", tuple(self.stage_sizes))
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -100,19 +113,14 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name="stem_conv",
         )(h)
-        h = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-            name="stem_bn",
-        )(h)
+        h = _norm_layer(self.norm, train, self.dtype)(name="stem_bn")(h)
         h = nn.relu(h)
         self.sow("intermediates", "stem", h)
         for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
             for j in range(num_blocks):
                 strides = 2 if i > 1 and j == 0 else 1
-                block = BasicBlock(width, strides, dtype=self.dtype, name=f"stage{i}_block{j + 1}")
+                block = BasicBlock(width, strides, dtype=self.dtype, norm=self.norm,
+                                   name=f"stage{i}_block{j + 1}")
                 preact = block(h, train=train)
                 h = nn.relu(preact)
             self.sow("intermediates", f"stage{i}_preact", preact)

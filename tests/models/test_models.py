@@ -257,6 +257,25 @@ def test_convnet_norms_match_numpy(norm, axes):
         np.testing.assert_allclose(normed.mean(axis=axes), 0.0, atol=1e-5)
 
 
+def test_resnet_instance_norm_matches_numpy_and_has_no_state():
+    model, variables, x = _built("resnet8", norm="instance")
+    assert sorted(variables) == ["params"]  # no batch statistics: a flat parameter vector works
+    out, state = model.apply(variables, x, train=True, capture_intermediates=True,
+                             mutable=["intermediates"])
+    conv, normed = _captured(state, "stem_conv"), _captured(state, "stem_bn")
+    mean, var = conv.mean(axis=(1, 2), keepdims=True), conv.var(axis=(1, 2), keepdims=True)
+    assert var.min() > 1e-3
+    np.testing.assert_allclose(normed, (conv - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+    # Same parameter names as the batch-norm ResNet (the norms' scale/bias).
+    batch = _built("resnet8")[1]["params"]
+    assert jax.tree.structure(variables["params"]) == jax.tree.structure(batch)
+    # Per example: another example in the batch does not change this one's logits.
+    one = model.apply(variables, x[:1], train=False)
+    np.testing.assert_allclose(one, out[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="'group'"):
+        build("resnet8", num_classes=NUM_CLASSES, norm="group")
+
+
 def test_convnet_without_norm_has_no_norm_module():
     _, variables, _ = _built("convnet", norm="none")
     assert sorted(variables["params"]) == ["conv1", "conv2", "conv3", "head"]
