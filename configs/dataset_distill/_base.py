@@ -94,7 +94,10 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
                 lr_net=0.01)
     # SRe2L / CDA: recover images from a BatchNorm teacher trained here (squeeze; ``dir`` ""
     # = workdir/teacher, reused when its settings match), relabel with its soft labels.
+    # ``relabel`` "crop": evaluation networks learn the teacher's soft labels of each augmented
+    # batch (FKD-style, as the papers); "image": one soft label per synthetic image.
     c.sre2l = dict(r_bn=0.01, crop_min_scale=0.08, curriculum=False, temperature=1.0,
+                   relabel="crop",
                    teacher=dict(name=d["eval_model"], kwargs=(
                        dict(d["eval_kwargs"], norm="batch") if d["eval_model"] == "convnet"
                        else dict(d["eval_kwargs"])),

@@ -16,6 +16,7 @@ Baselines (same protocol, same networks):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,8 @@ class EvalConfig:
 
 def evaluate(model: FlatModel, x: jax.Array, targets: jax.Array, x_test: jax.Array,
              labels_test: jax.Array, cfg: EvalConfig, *, lr: float | None = None,
-             epochs: float | None = None, per_net: bool = False) -> np.ndarray:
+             epochs: float | None = None, per_net: bool = False,
+             relabel: Callable[[jax.Array], jax.Array] | None = None) -> np.ndarray:
     """Last-epoch test accuracy of ``cfg.num_nets`` fresh networks trained on ``(x, targets)``.
 
     Args:
@@ -52,11 +54,13 @@ def evaluate(model: FlatModel, x: jax.Array, targets: jax.Array, x_test: jax.Arr
       lr: the learning rate (a learned one); default ``cfg.sgd.lr``.
       epochs: passes over the training set; default ``cfg.epochs``.
       per_net: network ``k`` trains on ``x[k]`` (e.g. a different random subset each).
+      relabel: targets from the augmented batch instead of ``targets`` (a teacher's soft
+        labels per crop, as SRe2L evaluates); see :class:`NetTrainer`.
 
     Returns:
       ``[K]`` accuracies in [0, 1].
     """
-    trainer = NetTrainer(model, cfg.sgd, cfg.dsa)
+    trainer = NetTrainer(model, cfg.sgd, cfg.dsa, relabel=relabel)
     num = x.shape[1] if per_net else x.shape[0]
     _, steps = trainer.steps_for(num, cfg.epochs if epochs is None else epochs)
     thetas, vels = trainer.init(jax.random.key(cfg.seed), cfg.num_nets)

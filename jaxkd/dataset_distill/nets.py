@@ -188,15 +188,21 @@ class NetTrainer:
     """``K`` networks trained in lockstep on one data set with SGD and DSA.
 
     Each network has its own minibatch order and augmentation key; everything else is shared.
-    Targets are class-probability rows ``[N, C]`` (one-hot for hard labels).
+    Targets are class-probability rows ``[N, C]`` (one-hot for hard labels). With ``relabel``
+    (SRe2L's per-crop relabelling, FKD-style) the targets of each step are instead
+    ``relabel(x)`` on the augmented batch ``x`` (a teacher's soft labels of exactly what the
+    network sees).
     """
 
     def __init__(self, model: FlatModel, sgd: SGDConfig, dsa_cfg: DSAConfig,
-                 objective: ExpertObjective = ExpertObjective()):
+                 objective: ExpertObjective = ExpertObjective(),
+                 relabel: Callable[[jax.Array], jax.Array] | None = None):
         self.model, self.sgd, self.dsa_cfg, self.objective = model, sgd, dsa_cfg, objective
 
         def one(theta, vel, x_all, y_all, idx, key, lr, scale):
             x, y = dsa(x_all[idx], key, dsa_cfg), y_all[idx]
+            if relabel is not None:
+                y = jax.lax.stop_gradient(relabel(x)).astype(jnp.float32)
             if objective.is_plain:
                 loss, g = jax.value_and_grad(
                     lambda t: soft_cross_entropy(model.apply(t, x), y))(theta)

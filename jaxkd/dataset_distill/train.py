@@ -133,6 +133,9 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
         if config.distill.labels != "hard":
             raise errors.ConfigError("config.distill.labels must be 'hard' for sre2l: its labels "
                                      "come from the teacher (relabel stage)")
+        if s.relabel not in ("crop", "image"):
+            raise errors.ConfigError(f"config.sre2l.relabel={s.relabel!r}; valid: crop (teacher "
+                                     "labels per augmented batch), image (one per image)")
         if not 0.0 < s.crop_min_scale <= 1.0 or s.r_bn < 0 or s.temperature <= 0:
             raise errors.ConfigError(
                 f"config.sre2l: crop_min_scale={s.crop_min_scale} must be in (0, 1], "
@@ -609,11 +612,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lr = float(syn["lr"]) if (config.method in TRAJECTORY_METHODS
                               and config.eval.learned_lr) else None
     targets = label_targets(syn["labels"], soft)
+    # SRe2L's per-crop relabelling: the teacher labels each augmented batch at evaluation.
+    relabel = method.crop_labeller() if config.method == "sre2l" else None
     results: dict[str, float] = {}
     rows = []
     for name, m in eval_models.items():
         accs = eval_lib.evaluate(m, jnp.asarray(syn["images"]), targets, data.x_test,
-                                 data.y_test, ecfg, lr=lr)
+                                 data.y_test, ecfg, lr=lr, relabel=relabel)
         prefix = f"eval_{name}" if name else "eval"
         results[f"{prefix}/acc_mean"], results[f"{prefix}/acc_std"] = report.mean_std(accs)
         rows.append({"set": f"{config.method} synthetic ({name or config.eval.model.name})",
@@ -634,6 +639,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results["distill/lr"] = float(syn["lr"])
     if config.method == "sre2l":
         results["teacher/acc"] = teacher_acc
+        results["relabel_per_crop"] = float(relabel is not None)
     # Soft-label sets (learned or teacher labels) are reported apart from hard-label ones.
     results["soft_labels"] = float(soft)
     report.write_results(os.path.join(workdir, "results.json"), results)

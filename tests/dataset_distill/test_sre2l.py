@@ -93,6 +93,38 @@ def test_recovery_gradient_relabel_and_the_teacher_is_reused(tmp_path):
     assert m.min_scale(5, 11) == 1.0  # no curriculum: the fixed minimum
 
 
+def test_per_crop_relabelling_labels_each_augmented_batch():
+    from jaxkd.dataset_distill.augment import DSAConfig  # pylint: disable=g-import-not-at-top
+    from jaxkd.dataset_distill.nets import FlatModel, NetTrainer, SGDConfig  # noqa
+    from jaxkd.models.mlp import MLP  # pylint: disable=g-import-not-at-top
+
+    net, v = _variables()
+    m = StatisticsRecovery(net, v, 3, 2, SRe2LConfig(temperature=2.0), seed=0)
+    label = m.crop_labeller()
+    x = jnp.asarray(RNG.normal(size=(12, 4, 4, 1)), jnp.float32)
+    np.testing.assert_allclose(label(x), jax.nn.softmax(net.apply(v, x, train=False) / 2.0),
+                               rtol=1e-6)
+    assert StatisticsRecovery(net, v, 3, 2, SRe2LConfig(relabel="image"),
+                              seed=0).crop_labeller() is None
+    student = FlatModel.create(MLP(num_classes=3, hidden=(8,)), (4, 4, 1))
+    sgd = SGDConfig(lr=0.1, batch_size=4, decay_at=1.0)
+
+    def run(dsa_cfg, relabel, targets):
+        trainer = NetTrainer(student, sgd, dsa_cfg, relabel=relabel)
+        t, vel = trainer.init(jax.random.key(0), 2)
+        return np.asarray(trainer.train(t, vel, x, targets, seed=0, first_step=0, num_steps=6,
+                                        total_steps=6)[0])
+
+    fixed = label(x)  # the teacher's labels of the whole, unaugmented images
+    none, crop = DSAConfig(strategy="none"), DSAConfig(strategy="crop")
+    # Without augmentation, labelling each batch is labelling the images once.
+    np.testing.assert_allclose(run(none, label, jnp.zeros_like(fixed)), run(none, None, fixed),
+                               rtol=1e-5, atol=1e-6)
+    # With crops, the labels follow the crop (and the stored targets are not used).
+    assert not np.allclose(run(crop, label, jnp.zeros_like(fixed)), run(crop, None, fixed),
+                           atol=1e-4)
+
+
 def test_config_checks_name_the_key():
     from configs.dataset_distill import sre2l_digits  # pylint: disable=g-import-not-at-top
     from jaxkd.core import errors  # pylint: disable=g-import-not-at-top
@@ -102,6 +134,10 @@ def test_config_checks_name_the_key():
     train.check_config(c)
     c.sre2l.teacher.kwargs.norm = "instance"
     with pytest.raises(errors.ConfigError, match="config.sre2l.teacher.kwargs.norm"):
+        train.check_config(c)
+    c = sre2l_digits.get_config("smoke")
+    c.sre2l.relabel = "epoch"
+    with pytest.raises(errors.ConfigError, match="config.sre2l.relabel"):
         train.check_config(c)
     c = sre2l_digits.get_config("smoke")
     c.sre2l.crop_min_scale = 0.0
