@@ -76,11 +76,12 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     # images' SGD by Adam at lr_img.
     # ``init_file``: start from a synthetic.npz instead (with iterations=0: evaluate it).
     # ``ema``: FTD's exponential moving average of the images (decay; 0 = off): the average,
-    # not the last iterate, is saved and evaluated.
+    # not the last iterate, is saved and evaluated. ``fyi``: FYI's flip pairing (the method
+    # sees every image and its mirror image; jaxkd.dataset_distill.fyi), for flippable data.
     c.distill = dict(iterations=500, init="real", init_file="", labels="hard", label_epoch=0,
                      optimizer="sgd", lr_img=100.0, lr_lr=1e-5, lr_init=0.01, lr_label=0.0,
-                     momentum=0.5, ema=0.0, label_momentum=0.9, log_every=10, checkpoint_every=100,
-                     on_nonfinite="stop", progress=True)
+                     momentum=0.5, ema=0.0, fyi=False, label_momentum=0.9, log_every=10,
+                     checkpoint_every=100, on_nonfinite="stop", progress=True)
     # Trajectory matching (see jaxkd.dataset_distill.mtt.MTTConfig).
     c.mtt = dict(syn_steps=20, expert_epochs=2, min_start_epoch=0, max_start_epoch=5,
                  max_start_epoch_final=0, batch_syn=0, hypergrad="reverse",

@@ -34,6 +34,7 @@ from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop, metrics, report
 from jaxkd.dataset_distill import evaluate as eval_lib
 from jaxkd.dataset_distill import experts as experts_lib
+from jaxkd.dataset_distill import fyi as fyi_lib
 from jaxkd.dataset_distill import viz
 from jaxkd.dataset_distill.augment import DSAConfig, parse_strategy
 from jaxkd.dataset_distill.augment import dsa as dsa_fn
@@ -118,6 +119,12 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
     if config.ipc < 1:
         raise errors.ConfigError(f"config.ipc={config.ipc} must be >= 1")
     expert_objective(config)  # raises on bad experts.{sam_*, loss_scale, grad_penalty}
+    if config.distill.fyi and "flip" not in config.dsa.strategy.split("_"):
+        raise errors.ConfigError(
+            f"config.distill.fyi=True pairs each image with its mirror image, which helps only "
+            f"where a flip keeps the label; config.dsa.strategy={config.dsa.strategy!r} has no "
+            "'flip' (digits and MNIST-1D are never flipped). Add flip to config.dsa.strategy "
+            "for flippable data, or turn FYI off")
     if config.distill.iterations < 0:
         raise errors.ConfigError(f"config.distill.iterations={config.distill.iterations} must "
                                  "be >= 0 (0 = evaluate config.distill.init_file as it is)")
@@ -165,6 +172,10 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
         except ValueError as e:
             raise errors.ConfigError(f"config.{key}.strategy: {e}") from None
     if data is not None:
+        if config.distill.fyi and data.x.ndim != 4:
+            raise errors.ConfigError(
+                f"config.distill.fyi=True flips images [N, H, W, C]; {data.name} examples have "
+                f"shape {tuple(data.x.shape[1:])}")
         counts = np.bincount(data.y, minlength=data.num_classes)
         if config.ipc > counts.min():
             raise errors.ConfigError(
@@ -481,15 +492,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                sgd=_sgd(config.eval.sgd), dsa=_dsa(config.eval.dsa),
                                seed=config.eval.seed)
 
-    # -- method
+    # -- method (with FYI, built for the set and its mirror images: 2 * ipc per class)
     soft = config.distill.labels == "expert"
+    method_ipc = config.ipc * (2 if config.distill.fyi else 1)
     trajectories = None
     if config.method in TRAJECTORY_METHODS:
         trajectories = _experts(config, data, model, workdir, progress)
         method = TrajectoryMatching(model, trajectories, MTTConfig(**config.mtt.to_dict()),
                                     _dsa(config.dsa), soft=soft, seed=config.seed)
     elif config.method == "dc":
-        method = GradientMatching(model, data.x, data.y, data.num_classes, config.ipc,
+        method = GradientMatching(model, data.x, data.y, data.num_classes, method_ipc,
                                   DCConfig(**config.dc.to_dict()), _dsa(config.dsa),
                                   seed=config.seed)
     elif config.method == "sre2l":
@@ -508,16 +520,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         print(f"sre2l teacher ({teacher_cfg.name}): test accuracy {100 * teacher_acc:.2f}%",
               flush=True)
         sre2l_cfg = {k: v for k, v in config.sre2l.to_dict().items() if k != "teacher"}
-        method = sre2l_lib.StatisticsRecovery(teacher, variables, data.num_classes, config.ipc,
+        method = sre2l_lib.StatisticsRecovery(teacher, variables, data.num_classes, method_ipc,
                                               sre2l_lib.SRe2LConfig(**sre2l_cfg),
                                               seed=config.seed)
     elif config.method == "frepo":
-        method = FeatureRegression(model, data.x, data.y, data.num_classes, config.ipc,
+        method = FeatureRegression(model, data.x, data.y, data.num_classes, method_ipc,
                                    FRePoConfig(**config.frepo.to_dict()), seed=config.seed)
     else:
-        method = DistributionMatching(model, data.x, data.y, data.num_classes, config.ipc,
+        method = DistributionMatching(model, data.x, data.y, data.num_classes, method_ipc,
                                       DMConfig(**config.dm.to_dict()), _dsa(config.dsa),
                                       seed=config.seed)
+    if config.distill.fyi:
+        method = fyi_lib.FlipPaired(method, config.ipc, data.num_classes)
     # A method with a carry (DC's network between image updates) keeps it in the state.
     carries = hasattr(method, "init_carry")
     syn0 = init_synthetic(config, data, model, trajectories)
