@@ -1,0 +1,100 @@
+"""Networks for diffusion and consistency models (TrigFlow velocity ``F(x / sigma_d, t)``).
+
+All take the time ``t`` itself as their noise input (TrigFlow's ``c_noise = t``) through a
+sinusoidal positional embedding, and an optional integer class label with one extra "null"
+class (id ``num_classes``) for classifier-free guidance. No BatchNorm anywhere: consistency
+training differentiates the network along time with a JVP, which batch statistics would break.
+
+- :class:`MLPDenoiser`: for 2-D (or any flat) data.
+- :class:`AdaptiveWeight`: sCM's learned loss weighting ``w(t)`` (a scalar per example).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Dtype
+
+__all__ = ["AdaptiveWeight", "MLPDenoiser", "positional_embedding"]
+
+
+def positional_embedding(t: jax.Array, dim: int, *, scale: float = 1.0,
+                         max_period: float = 10_000.0) -> jax.Array:
+    """``[B] -> [B, dim]``: ``[cos(scale t w_i), sin(scale t w_i)]``, ``w_i = max_period^(-i/half)``.
+
+    EDM's positional embedding. sCM feeds it ``c_noise = t`` itself (``scale`` 1): the
+    embedding, and so the network, varies slowly in ``t``, which keeps the time derivative
+    that consistency training takes by JVP small (large Fourier scales made sCM unstable).
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = scale * t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class _Conditioning(nn.Module):
+    """Time (and class) embedding ``[B, dim]``: positional -> MLP (+ a learned class vector)."""
+
+    dim: int
+    num_classes: int = 0
+    time_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array, labels: jax.Array | None) -> jax.Array:
+        emb = positional_embedding(t, self.dim, scale=self.time_scale)
+        emb = nn.Dense(self.dim, dtype=self.dtype, name="time_fc1")(emb)
+        emb = nn.Dense(self.dim, dtype=self.dtype, name="time_fc2")(nn.silu(emb))
+        if self.num_classes:
+            if labels is None:
+                raise ValueError(f"this network is class-conditional ({self.num_classes} "
+                                 "classes): pass labels (id num_classes = unconditional)")
+            emb = emb + nn.Embed(self.num_classes + 1, self.dim, dtype=self.dtype,
+                                 name="class_embed")(labels)
+        return emb
+
+
+class MLPDenoiser(nn.Module):
+    """``F(x, t[, labels]) -> [B, D]``: an MLP whose every hidden layer receives the conditioning.
+
+    Input ``x`` ``[B, D]`` (already divided by sigma_d), ``t`` ``[B]`` in ``[0, pi/2]``,
+    ``labels`` ``[B]`` int (``num_classes`` = the null class) when ``num_classes > 0``.
+    Output float32 ``[B, D]``.
+    """
+
+    hidden: int = 256
+    depth: int = 4
+    emb_dim: int = 128
+    num_classes: int = 0
+    time_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        if x.ndim != 2 or t.shape != x.shape[:1]:
+            raise ValueError(f"MLPDenoiser expects x [B, D] and t [B]; got {x.shape}, {t.shape}")
+        emb = _Conditioning(self.emb_dim, self.num_classes, self.time_scale, self.dtype,
+                            name="cond")(t, labels)
+        h = nn.Dense(self.hidden, dtype=self.dtype, name="in")(x.astype(self.dtype))
+        for i in range(self.depth):
+            h = h + nn.Dense(self.hidden, dtype=self.dtype, name=f"emb{i}")(nn.silu(emb))
+            h = nn.Dense(self.hidden, dtype=self.dtype, name=f"fc{i}")(nn.silu(h))
+        out = nn.Dense(x.shape[-1], dtype=self.dtype, name="out")(nn.silu(h))
+        return out.astype(jnp.float32)
+
+
+class AdaptiveWeight(nn.Module):
+    """sCM's adaptive loss weighting ``w(t)``: ``[B] -> [B]``, zero at initialisation."""
+
+    emb_dim: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        emb = positional_embedding(t, self.emb_dim)
+        h = nn.silu(nn.Dense(self.emb_dim, dtype=self.dtype, name="fc")(emb))
+        w = nn.Dense(1, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="out")(h)
+        return w[:, 0].astype(jnp.float32)
