@@ -1,0 +1,51 @@
+"""The schema shared by the diffusion configs; ``<method>_<data>.py`` pick a method and data set."""
+
+import ml_collections
+
+from jaxkd.core.config_args import parse_config_arg
+
+
+def _adam(lr: float) -> dict:
+    return dict(lr=lr, b2=0.99, grad_clip=1.0)
+
+
+def diffusion_config(*, method: str, data: str, seed: int,
+                     smoke: bool) -> ml_collections.ConfigDict:
+    """Every key a 2-D diffusion-distillation run reads, with defaults."""
+    c = ml_collections.ConfigDict()
+    c.method = method  # scd (distil the teacher's ODE) or sct (train on the data's)
+    c.data = dict(name=data, kwargs={})  # jaxkd.diffusion.toy: ring, moons, checkerboard
+    c.sigma_d = 0.0  # data scale; 0 = the data's standard deviation (estimated, recorded)
+    c.model = dict(name="mlp", kwargs=dict(hidden=256, depth=4, emb_dim=128))
+    c.progress = True
+    loop = dict(log_every=100, checkpoint_every=1000, on_nonfinite="stop")
+    # The diffusion teacher (TrigFlow flow matching, EMA of its weights). ``dir`` "" =
+    # workdir/teacher; a directory holding a finished teacher with the same settings is reused.
+    c.teacher = dict(steps=8000, batch_size=1024, p_mean=-1.2, p_std=1.2, ema=0.999, seed=seed,
+                     optimizer=_adam(1e-3), dir="", **loop)
+    # The student (jaxkd.diffusion.scm): initialised from the teacher (sCM's practice) or from
+    # scratch; tangent warm-up r = min(1, step / tangent_warmup); tangent normalisation c.
+    c.student = dict(steps=4000, batch_size=1024, p_mean=-1.0, p_std=1.4, init="teacher",
+                     tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,
+                     optimizer=_adam(1e-4), **loop)
+    # Evaluation: the teacher's ODE sampler at each step count, the student's consistency
+    # sampling at each step count (first step from t_max, then the listed intermediate times:
+    # sCM's 2-step time 1.1), metrics on ``num_samples`` samples against fresh true samples.
+    c.eval = dict(seed=seed + 1000, num_samples=10_000, sampler="heun",
+                  teacher_steps=(1, 2, 4, 8, 16, 32, 64), student_steps=(1, 2, 4),
+                  student_times={"2": (1.1,), "4": (1.3, 1.1, 0.8)})
+    if smoke:
+        c.model.kwargs = dict(hidden=32, depth=2, emb_dim=16)
+        c.student.weight_emb_dim = 16
+        for node, steps in ((c.teacher, 30), (c.student, 10)):
+            node.update(dict(steps=steps, batch_size=64, log_every=5, checkpoint_every=10))
+        c.student.tangent_warmup = 5
+        c.eval.update(dict(num_samples=500, teacher_steps=(1, 4), student_steps=(1, 2)))
+    return c
+
+
+def method_config(method: str, data: str, arg: str | None) -> ml_collections.ConfigDict:
+    """Parses ``arg`` (``seed=N``, ``smoke``) strictly and builds :func:`diffusion_config`."""
+    args = parse_config_arg(arg, flags=("smoke",), defaults={"seed": 0},
+                            config_path=f"configs/diffusion/{method}_{data}.py")
+    return diffusion_config(method=method, data=data, seed=args.seed, smoke=args.smoke)

@@ -1,0 +1,56 @@
+"""Pictures of diffusion samples: scatter plots of 2-D sample sets side by side."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from jaxkd.core import report
+
+__all__ = ["scatter_grid"]
+
+
+def _label(name: str) -> str:
+    """``teacher_4`` -> ``teacher, 4 steps``; other names as they are."""
+    role, _, n = name.rpartition("_")
+    if not (role and n.isdigit()):
+        return name
+    return f"{role}, {n} step{'s' if n != '1' else ''}"
+
+
+def scatter_grid(path: str | os.PathLike, sets: Mapping[str, np.ndarray], *, title: str = "",
+                 max_points: int = 4000, columns: int = 4) -> None:
+    """One scatter panel per named ``[n, 2]`` sample set, all on the first set's axis limits
+    (widened by 25%, so points that land far off show at the border), written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+    names = list(sets)
+    rows = math.ceil(len(names) / columns)
+    fig = Figure(figsize=(3.0 * min(columns, len(names)), 3.0 * rows + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ref = np.asarray(sets[names[0]])
+    lo, hi = ref.min(axis=0), ref.max(axis=0)
+    pad = 0.25 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, min(columns, len(names)), i + 1)
+        x = np.clip(np.asarray(sets[name])[:max_points], lo, hi)
+        ax.scatter(x[:, 0], x[:, 1], s=1.0, alpha=0.5, linewidths=0)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_title(_label(name), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    report.write_bytes_atomic(path, buffer.getvalue())
