@@ -13,7 +13,7 @@ def diffusion_config(*, method: str, data: str, seed: int,
                      smoke: bool) -> ml_collections.ConfigDict:
     """Every key a 2-D diffusion-distillation run reads, with defaults."""
     c = ml_collections.ConfigDict()
-    c.method = method  # scd (distil the teacher's ODE) or sct (train on the data's)
+    c.method = method  # scd (distil the teacher's ODE), sct (train on the data's), rcm
     c.data = dict(name=data, kwargs={})  # jaxkd.diffusion.toy: ring, moons, checkerboard
     c.sigma_d = 0.0  # data scale; 0 = the data's standard deviation (estimated, recorded)
     c.model = dict(name="mlp", kwargs=dict(hidden=256, depth=4, emb_dim=128))
@@ -28,6 +28,12 @@ def diffusion_config(*, method: str, data: str, seed: int,
     c.student = dict(steps=4000, batch_size=1024, p_mean=-1.0, p_std=1.4, init="teacher",
                      tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,
                      optimizer=_adam(1e-4), **loop)
+    # rCM (method "rcm"): sCD + ``weight`` x DMD on the student's own samples (backward
+    # simulation with a step count drawn from ``sim_steps``; ``batch_size`` samples), a fake
+    # score initialised from the teacher and trained ``fake_steps`` times per student step;
+    # DMD's noise times lognormal (p_mean, p_std).
+    c.rcm = dict(weight=0.01, fake_steps=5, sim_steps=(1, 2, 4), batch_size=256,
+                 p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4))
     # Evaluation: the teacher's ODE sampler at each step count, the student's consistency
     # sampling at each step count (first step from t_max, then the listed intermediate times:
     # sCM's 2-step time 1.1), metrics on ``num_samples`` samples against fresh true samples.
@@ -40,6 +46,7 @@ def diffusion_config(*, method: str, data: str, seed: int,
         for node, steps in ((c.teacher, 30), (c.student, 10)):
             node.update(dict(steps=steps, batch_size=64, log_every=5, checkpoint_every=10))
         c.student.tangent_warmup = 5
+        c.rcm.update(dict(fake_steps=2, batch_size=32, sim_steps=(1, 2)))
         c.eval.update(dict(num_samples=500, teacher_steps=(1, 4), student_steps=(1, 2)))
     return c
 

@@ -3,7 +3,7 @@ evaluated on toy 2-D data with known densities.
 
 Sections: data -> teacher (trained when missing, reused when its settings match) -> student
 (sCD: consistency distillation along the teacher's ODE; sCT: consistency training along the
-data's) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
+data's; rCM: sCD plus DMD on the student's own samples, with a fake score) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
 outputs:
 
 - ``results.json``: ``teacher/steps_<n>/<metric>`` and ``student/steps_<n>/<metric>`` with
@@ -32,12 +32,12 @@ import optax
 from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop, metrics, report
 from jaxkd.diffusion import metrics as metrics_lib
-from jaxkd.diffusion import samplers, scm, toy, trigflow, viz
+from jaxkd.diffusion import dmd, samplers, scm, toy, trigflow, viz
 from jaxkd.models.denoisers import AdaptiveWeight, MLPDenoiser
 
 __all__ = ["METHODS", "check_config", "train_and_evaluate"]
 
-METHODS = ("scd", "sct")
+METHODS = ("scd", "sct", "rcm")
 DENOISERS = {"mlp": MLPDenoiser}
 # Settings that do not change what a run computes (a run may resume, or be extended with more
 # ``steps``, under other values).
@@ -79,6 +79,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     s = config.student
     if s.init not in ("teacher", "scratch"):
         raise errors.ConfigError(f"config.student.init={s.init!r}; valid: teacher, scratch")
+    if config.method == "rcm":
+        for n in config.rcm.sim_steps:
+            if n < 1 or (n > 1 and str(n) not in config.eval.student_times):
+                raise errors.ConfigError(
+                    f"config.rcm.sim_steps={tuple(config.rcm.sim_steps)}: each count needs "
+                    "config.eval.student_times['<n>'] (the times of its steps) and must be >= 1")
+        if config.rcm.fake_steps < 1 or config.rcm.weight < 0:
+            raise errors.ConfigError(f"config.rcm.fake_steps={config.rcm.fake_steps} must be >= 1 "
+                                     f"and config.rcm.weight={config.rcm.weight} >= 0")
     if s.tangent_warmup < 0 or s.tangent_norm < 0:
         raise errors.ConfigError(f"config.student.tangent_warmup={s.tangent_warmup} and "
                                  f"tangent_norm={s.tangent_norm} must be >= 0")
@@ -172,43 +181,104 @@ def train_teacher(config, dist, net, sigma_d: float, directory: str, writer,
 
 def train_student(config, dist, net, teacher_params, sigma_d: float, directory: str, writer,
                   progress: bool) -> dict:
-    """The few-step student by sCD (``config.method == "scd"``) or sCT."""
+    """The few-step student by sCD (``config.method == "scd"``), sCT, or rCM (sCD plus the
+    DMD regulariser on the student's own samples, with a fake score trained alongside)."""
     sc = config.student
     weight_net = AdaptiveWeight(emb_dim=sc.weight_emb_dim)
     tx = _adam(sc.optimizer)
-    distill = config.method == "scd"
+    distill = config.method in ("scd", "rcm")
+    rcm = config.method == "rcm"
+    rc = config.rcm
+    fake_tx = _adam(rc.fake_optimizer)
+    t0 = samplers.t_max(sigma_d)
+    # rCM's backward simulation: the student samples in n steps (n drawn from these counts)
+    # with the gradient through the last step only.
+    sim_times = [[t0] + _intermediate_times(config, n) for n in rc.sim_steps]
 
     def init_state():
         params = (teacher_params if sc.init == "teacher"
                   else net.init(jax.random.key(sc.seed), jnp.zeros((1, 2)), jnp.ones(1)))
         trainable = {"F": params, "w": weight_net.init(jax.random.key(sc.seed + 2), jnp.ones(1))}
-        return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
+        state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
             jax.random.key(sc.seed + 1)), "nonfinite": loop.init_nonfinite(),
             "params": trainable, "opt": tx.init(trainable)}
+        if rcm:  # the fake score starts as the teacher
+            state.update(fake=teacher_params, fake_opt=fake_tx.init(teacher_params))
+        return state
+
+    def simulate(params, key):
+        """Student samples ``[B, 2]`` by backward simulation (gradient through the last step)."""
+        k_n, k_z, k_s = jax.random.split(key, 3)
+        z = sigma_d * jax.random.normal(k_z, (rc.batch_size, 2))
+
+        def branch(times):
+            def run(p):
+                fn_sg = _velocity(net, jax.lax.stop_gradient(p))
+                x_t, t = z, times[0]
+                for i, t_next in enumerate(times[1:]):
+                    x0 = samplers.consistency_sample(fn_sg, x_t, [t], jax.random.fold_in(k_s, i),
+                                                     sigma_d=sigma_d)
+                    noise = sigma_d * jax.random.normal(jax.random.fold_in(k_s, 100 + i), z.shape)
+                    x_t, t = jnp.cos(t_next) * x0 + jnp.sin(t_next) * noise, t_next
+                return samplers.consistency_sample(_velocity(net, p), x_t, [t], k_s,
+                                                   sigma_d=sigma_d)
+            return run
+
+        n = jax.random.randint(k_n, (), 0, len(sim_times))
+        return jax.lax.switch(n, [branch(times) for times in sim_times], params)
 
     @jax.jit
     def step(state, teacher_params):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        k_x, k_l = jax.random.split(key)
+        k_x, k_l, k_sim, k_fake, k_dmd = jax.random.split(key, 5)
         x0 = dist.sample(k_x, sc.batch_size)
         r = (jnp.minimum(1.0, state["step"].astype(jnp.float32) / sc.tangent_warmup)
              if sc.tangent_warmup else 1.0)
-        teacher = ((lambda x, t: net.apply(jax.lax.stop_gradient(teacher_params), x, t))
-                   if distill else None)
+        teacher_p = jax.lax.stop_gradient(teacher_params)
+        teacher = _velocity(net, teacher_p) if distill else None
+        extra, fake = {}, None
+        if rcm:
+            # The fake score learns the diffusion loss on the student's current samples.
+            samples = jax.lax.stop_gradient(simulate(state["params"]["F"], k_sim))
+            fake, fake_opt = state["fake"], state["fake_opt"]
+            for i in range(rc.fake_steps):
+                f_loss, f_grads = jax.value_and_grad(lambda fp: jnp.mean(trigflow.diffusion_loss(
+                    _velocity(net, fp), samples, jax.random.fold_in(k_fake, i),
+                    sigma_d=sigma_d, p_mean=rc.p_mean, p_std=rc.p_std)))(fake)
+                f_updates, fake_opt = fake_tx.update(f_grads, fake_opt, fake)
+                fake = optax.apply_updates(fake, f_updates)
+            extra = {"fake_loss": f_loss}
 
         def loss_fn(p):
             per, terms = scm.scm_loss(lambda x, t: net.apply(p["F"], x, t),
                                       lambda t: weight_net.apply(p["w"], t), x0, k_l,
                                       sigma_d=sigma_d, p_mean=sc.p_mean, p_std=sc.p_std, r=r,
                                       teacher=teacher, tangent_norm=sc.tangent_norm)
-            return jnp.mean(per), terms
+            loss = jnp.mean(per)
+            if rcm:
+                gen = simulate(p["F"], k_sim)  # the same draws as the fake score saw
+                k_t, k_z = jax.random.split(k_dmd)
+                t = trigflow.sample_time(k_t, gen.shape[:1], p_mean=rc.p_mean, p_std=rc.p_std,
+                                         sigma_d=sigma_d)
+                x_t, _ = trigflow.noisy(gen, sigma_d * jax.random.normal(k_z, gen.shape), t)
+                x_t = jax.lax.stop_gradient(x_t)  # (DMD: the gradient enters through x0 only)
+                f_real = trigflow.consistency_fn(teacher, x_t, t, sigma_d)
+                f_fake = trigflow.consistency_fn(_velocity(net, jax.lax.stop_gradient(fake)),
+                                                 x_t, t, sigma_d)
+                dmd_term = jnp.mean(dmd.dmd_loss(gen, f_real, f_fake))
+                terms = {**terms, "dmd": dmd_term}
+                loss = loss + rc.weight * dmd_term
+            return loss, terms
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt,
                "step": state["step"] + 1}
+        if rcm:
+            new.update(fake=fake, fake_opt=fake_opt)
+            extra["dmd"] = terms["dmd"]
         state, m = _guarded(state, new, loss, grads)
-        return state, {**m, "tangent_warmup": jnp.float32(r),
+        return state, {**m, **extra, "tangent_warmup": jnp.float32(r),
                        "g_norm": jnp.mean(jnp.linalg.norm(terms["g"], axis=-1)),
                        "w_mean": jnp.mean(terms["w"])}
 
@@ -217,7 +287,8 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                         "data": config.data.to_dict(), "sigma_d": sigma_d,
                         "teacher_sha256": ckpt_lib.params_hash(teacher_params),
                         "settings": {k: v for k, v in sc.to_dict().items()
-                                     if k not in ("steps", *_LOOP_KEYS)}}}
+                                     if k not in ("steps", *_LOOP_KEYS)},
+                        **({"rcm": rc.to_dict()} if rcm else {})}}
     state = _fit("student", directory, init_state, lambda s: step(s, teacher_params),
                  sc.steps, meta, writer, sc, progress)
     return jax.device_get(state["params"]["F"])
