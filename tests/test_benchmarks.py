@@ -67,3 +67,14 @@ def test_tesla_gradient_benchmark_prints_its_comparison(tmp_path):
     # Smoke size: 3 inner steps, so TESLA is close to, but not exactly, the exact gradient.
     assert 0.5 < out["images_cosine_mean"] < 1.0 and out["images_rel_err_mean"] > 0
     assert (tmp_path / "experts" / "meta.json").exists()
+
+
+def test_consistency_step_benchmark_prints_its_ratios():
+    r = subprocess.run([sys.executable, "benchmarks/consistency_step.py", "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out) == {"scd_flop_ratio", "sct_flop_ratio", "scd_time_ratio", "sct_time_ratio"}
+    # One shared JVP: sCT costs about 4/3 of a diffusion step and sCD (plus the teacher) 5/3;
+    # a JVP that recomputed the primal would add another forward (5/3 and 2).
+    assert 1.2 < out["sct_flop_ratio"] < 1.45 and 1.5 < out["scd_flop_ratio"] < 1.8

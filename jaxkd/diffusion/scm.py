@@ -29,12 +29,52 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxkd.diffusion.trigflow import VelocityFn, noisy, sample_time
 
-__all__ = ["normalize_tangent", "scm_loss", "scm_terms", "tangent_target"]
+__all__ = ["ForwardModeError", "jvp", "normalize_tangent", "scm_loss", "scm_terms",
+           "tangent_target"]
+
+
+class ForwardModeError(TypeError):
+    """The network has an operation without forward-mode autodiff (a ``custom_vjp``)."""
+
+
+def jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
+    """``jax.jvp``, naming the Flax layer when an operation inside has no forward mode.
+
+    A layer built on a ``jax.custom_vjp`` function (a fused attention kernel, for example) cannot
+    be differentiated forward; JAX says only "can't apply forward-mode autodiff (jvp) to a
+    custom_vjp function". This raises :class:`ForwardModeError` with the innermost Flax module
+    that was running and what to do instead.
+    """
+    failed: list[str] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        try:
+            return next_fun(*args, **kwargs)
+        except TypeError:
+            if not failed and context.method_name == "__call__":
+                m = context.module
+                failed.append(f"{type(m).__name__} at '{'/'.join(m.path) or '(top)'}'")
+            raise
+
+    try:
+        with nn.intercept_methods(interceptor):
+            return jax.jvp(fn, primals, tangents)
+    except TypeError as e:
+        if "forward-mode" not in str(e) or "custom_vjp" not in str(e):
+            raise
+        where = failed[0] if failed else "a function outside any Flax module"
+        raise ForwardModeError(
+            f"consistency training takes the network's time derivative with jax.jvp, but layer "
+            f"{where} runs a jax.custom_vjp function, which has no forward mode ({e}). Use a "
+            "version of that layer written with plain jax.numpy ops (e.g. attention as softmax("
+            "q k^T / sqrt(d)) v rather than a fused custom_vjp kernel), or give the custom "
+            "function a custom_jvp rule") from None
 
 
 def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
@@ -87,7 +127,7 @@ def scm_terms(student: VelocityFn, x0: jax.Array, key: jax.Array, *, sigma_d: fl
     else:
         dxt_dt = jax.lax.stop_gradient(sigma_d * teacher(x_t / sigma_d, t).astype(jnp.float32))
     cs = jnp.cos(t) * jnp.sin(t)
-    f, df_dt = jax.jvp(student, (x_t / sigma_d, t), (_bcast(cs, x_t) * dxt_dt / sigma_d, cs))
+    f, df_dt = jvp(student, (x_t / sigma_d, t), (_bcast(cs, x_t) * dxt_dt / sigma_d, cs))
     f = f.astype(jnp.float32)
     f_minus, df_dt = jax.lax.stop_gradient(f), jax.lax.stop_gradient(df_dt.astype(jnp.float32))
     g = tangent_target(f_minus, df_dt, dxt_dt, x_t, t, sigma_d=sigma_d, r=r)

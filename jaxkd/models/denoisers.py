@@ -6,6 +6,7 @@ class (id ``num_classes``) for classifier-free guidance. No BatchNorm anywhere: 
 training differentiates the network along time with a JVP, which batch statistics would break.
 
 - :class:`MLPDenoiser`: for 2-D (or any flat) data.
+- :class:`UNet`: a small GroupNorm UNet for images.
 - :class:`AdaptiveWeight`: sCM's learned loss weighting ``w(t)`` (a scalar per example).
 """
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-__all__ = ["AdaptiveWeight", "MLPDenoiser", "positional_embedding"]
+__all__ = ["AdaptiveWeight", "MLPDenoiser", "UNet", "positional_embedding"]
 
 
 def positional_embedding(t: jax.Array, dim: int, *, scale: float = 1.0,
@@ -98,3 +99,82 @@ class AdaptiveWeight(nn.Module):
         h = nn.silu(nn.Dense(self.emb_dim, dtype=self.dtype, name="fc")(emb))
         w = nn.Dense(1, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="out")(h)
         return w[:, 0].astype(jnp.float32)
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: 32 for wide layers, fewer (at least 4 channels each) for narrow ones."""
+    return max(1, min(32, channels // 4))
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, plus the conditioning, GroupNorm -> SiLU -> conv, skip."""
+
+    channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+        h = nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype, name="norm1")(x)
+        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="conv1")(nn.silu(h))
+        h = h + nn.Dense(self.channels, dtype=self.dtype, name="emb")(nn.silu(emb))[:, None, None]
+        h = nn.GroupNorm(_groups(self.channels), dtype=self.dtype, name="norm2")(h)
+        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name="conv2")(nn.silu(h))
+        if x.shape[-1] != self.channels:
+            x = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="skip")(x)
+        return x + h
+
+
+class UNet(nn.Module):
+    """A small UNet ``F(x, t[, labels]) -> [B, H, W, C]`` for images (no BatchNorm: GroupNorm).
+
+    Input ``x`` ``[B, H, W, C]`` (already divided by sigma_d) with ``H, W`` divisible by
+    ``2 ** (len(channel_mult) - 1)``, ``t`` ``[B]``, ``labels`` ``[B]`` int when
+    ``num_classes > 0`` (``num_classes`` = the null class for classifier-free guidance).
+    ``num_res_blocks`` residual blocks per resolution on the way down, one more on the way up
+    (taking the skip connection), two in the middle; resolution halves between levels
+    (average pooling) and doubles back (nearest neighbour). Output float32, same shape as ``x``.
+    """
+
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    emb_dim: int = 128
+    num_classes: int = 0
+    time_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if x.ndim != 4 or t.shape != x.shape[:1] or x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"UNet expects x [B, H, W, C] with H, W divisible by {factor} and "
+                             f"t [B]; got {x.shape}, {t.shape}")
+        emb = _Conditioning(self.emb_dim, self.num_classes, self.time_scale, self.dtype,
+                            name="cond")(t, labels)
+        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="in")(x.astype(self.dtype))
+        skips = [h]
+        for level, mult in enumerate(self.channel_mult):
+            for i in range(self.num_res_blocks):
+                h = _ResBlock(self.channels * mult, self.dtype, name=f"down{level}_{i}")(h, emb)
+                skips.append(h)
+            if level < len(self.channel_mult) - 1:
+                b, hh, ww, c = h.shape
+                h = h.reshape(b, hh // 2, 2, ww // 2, 2, c).mean(axis=(2, 4))
+                skips.append(h)
+        for i in range(2):
+            h = _ResBlock(h.shape[-1], self.dtype, name=f"mid{i}")(h, emb)
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for i in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = _ResBlock(self.channels * mult, self.dtype, name=f"up{level}_{i}")(h, emb)
+            if level > 0:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype, name="out_norm")(h))
+        out = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                      name="out")(h)
+        return out.astype(jnp.float32)

@@ -178,3 +178,50 @@ def test_guidance_combines_the_two_velocities():
     xr = jnp.asarray(RNG.normal(size=(3, 2)), jnp.float32)
     np.testing.assert_allclose(samplers.guided(cond, uncond, 2.5)(xr, t),
                                (xr + 1) + 2.5 * (2 * xr - xr - 1), rtol=1e-6)
+
+
+def test_a_layer_without_forward_mode_is_named():
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+    @jax.custom_vjp
+    def fused(x):
+        return jnp.tanh(x)
+
+    fused.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g: (g / jnp.cosh(x) ** 2,))
+
+    class FusedBlock(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            return fused(nn.Dense(4)(h))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, t):
+            h = FusedBlock(name="attn")(jnp.concatenate([x, t[:, None]], -1))
+            return nn.Dense(2)(h)
+
+    net = Net()
+    params = net.init(jax.random.key(0), X0, jnp.ones(6))
+    with pytest.raises(scm.ForwardModeError, match=r"FusedBlock at 'attn'.*custom_jvp"):
+        scm.scm_terms(lambda x, t: net.apply(params, x, t), X0, jax.random.key(0), r=1.0, **KW)
+
+
+def test_the_unet_is_jvp_able_and_class_conditional():
+    from jaxkd.models.denoisers import UNet  # pylint: disable=g-import-not-at-top
+
+    net = UNet(channels=8, emb_dim=16, num_classes=3)
+    x = jnp.asarray(RNG.normal(size=(2, 8, 8, 1)), jnp.float32)
+    labels = jnp.array([0, 3])  # 3: the null class
+    params = net.init(jax.random.key(0), x, jnp.ones(2), labels)
+    # Non-zero output weights (the output conv starts at zero).
+    params = jax.tree.map(lambda a: a + 0.05, params)
+    fn = lambda xx, tt: net.apply(params, xx, tt, labels)
+    out, tangent = jax.jvp(fn, (x, jnp.full(2, 0.7)), (jnp.zeros_like(x), jnp.ones(2)))
+    h = 1e-2
+    fd = (fn(x, jnp.full(2, 0.7 + h)) - fn(x, jnp.full(2, 0.7 - h))) / (2 * h)
+    np.testing.assert_allclose(tangent, fd, rtol=2e-2, atol=2e-3)
+    assert out.shape == x.shape
+    other = net.apply(params, x, jnp.ones(2), jnp.array([1, 3]))
+    assert not np.allclose(other[0], net.apply(params, x, jnp.ones(2), labels)[0])
+    with pytest.raises(ValueError, match="divisible"):
+        net.apply(params, jnp.ones((1, 7, 7, 1)), jnp.ones(1), labels[:1])
