@@ -13,7 +13,8 @@ def diffusion_config(*, method: str, data: str, seed: int,
                      smoke: bool) -> ml_collections.ConfigDict:
     """Every key a 2-D diffusion-distillation run reads, with defaults."""
     c = ml_collections.ConfigDict()
-    c.method = method  # scd (distil the teacher's ODE), sct (train on the data's), rcm
+    # scd (distil the teacher's ODE), sct (train on the data's), rcm, progressive
+    c.method = method
     c.data = dict(name=data, kwargs={})  # jaxkd.diffusion.toy: ring, moons, checkerboard
     c.sigma_d = 0.0  # data scale; 0 = the data's standard deviation (estimated, recorded)
     c.model = dict(name="mlp", kwargs=dict(hidden=256, depth=4, emb_dim=128))
@@ -34,6 +35,10 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # DMD's noise times lognormal (p_mean, p_std).
     c.rcm = dict(weight=0.01, fake_steps=5, sim_steps=(1, 2, 4), batch_size=256,
                  p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4))
+    # Progressive distillation (method "progressive"): rounds from the teacher's ``start_steps``
+    # DDIM steps (its Karras grid) down to 1, ``steps_per_round`` student updates each (the
+    # student's batch, optimiser and seed from config.student).
+    c.progressive = dict(start_steps=64, steps_per_round=1000)
     # Evaluation: the teacher's ODE sampler at each step count, the student's consistency
     # sampling at each step count (first step from t_max, then the listed intermediate times:
     # sCM's 2-step time 1.1), metrics on ``num_samples`` samples against fresh true samples.
@@ -47,6 +52,7 @@ def diffusion_config(*, method: str, data: str, seed: int,
             node.update(dict(steps=steps, batch_size=64, log_every=5, checkpoint_every=10))
         c.student.tangent_warmup = 5
         c.rcm.update(dict(fake_steps=2, batch_size=32, sim_steps=(1, 2)))
+        c.progressive.update(dict(start_steps=4, steps_per_round=3))
         c.eval.update(dict(num_samples=500, teacher_steps=(1, 4), student_steps=(1, 2)))
     return c
 

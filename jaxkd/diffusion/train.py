@@ -3,7 +3,8 @@ evaluated on toy 2-D data with known densities.
 
 Sections: data -> teacher (trained when missing, reused when its settings match) -> student
 (sCD: consistency distillation along the teacher's ODE; sCT: consistency training along the
-data's; rCM: sCD plus DMD on the student's own samples, with a fake score) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
+data's; rCM: sCD plus DMD on the student's own samples, with a fake score; progressive:
+students of halving step counts, each matching two steps of the last) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
 outputs:
 
 - ``results.json``: ``teacher/steps_<n>/<metric>`` and ``student/steps_<n>/<metric>`` with
@@ -32,12 +33,12 @@ import optax
 from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop, metrics, report
 from jaxkd.diffusion import metrics as metrics_lib
-from jaxkd.diffusion import dmd, samplers, scm, toy, trigflow, viz
+from jaxkd.diffusion import dmd, progressive, samplers, scm, toy, trigflow, viz
 from jaxkd.models.denoisers import AdaptiveWeight, MLPDenoiser
 
 __all__ = ["METHODS", "check_config", "train_and_evaluate"]
 
-METHODS = ("scd", "sct", "rcm")
+METHODS = ("scd", "sct", "rcm", "progressive")
 DENOISERS = {"mlp": MLPDenoiser}
 # Settings that do not change what a run computes (a run may resume, or be extended with more
 # ``steps``, under other values).
@@ -88,6 +89,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if config.rcm.fake_steps < 1 or config.rcm.weight < 0:
             raise errors.ConfigError(f"config.rcm.fake_steps={config.rcm.fake_steps} must be >= 1 "
                                      f"and config.rcm.weight={config.rcm.weight} >= 0")
+    if config.method == "progressive":
+        start = config.progressive.start_steps
+        if start < 2 or start & (start - 1):
+            raise errors.ConfigError(f"config.progressive.start_steps={start} must be a power "
+                                     "of two >= 2 (each round halves the steps)")
+        bad = [n for n in config.eval.student_steps if n > start // 2 or n & (n - 1)]
+        if bad:
+            raise errors.ConfigError(
+                f"config.eval.student_steps has {bad}: progressive distillation makes students "
+                f"of 1, 2, 4, ... {start // 2} steps")
     if s.tangent_warmup < 0 or s.tangent_norm < 0:
         raise errors.ConfigError(f"config.student.tangent_warmup={s.tangent_warmup} and "
                                  f"tangent_norm={s.tangent_norm} must be >= 0")
@@ -294,6 +305,65 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     return jax.device_get(state["params"]["F"])
 
 
+def progressive_grid(config, sigma_d: float, n: int) -> np.ndarray:
+    """The ``n``-step time grid of progressive distillation: every ``start_steps / n``-th time
+    of the teacher's ``start_steps`` Karras grid (so each round's grid nests in the last)."""
+    start = config.progressive.start_steps
+    return samplers.karras_times(start, sigma_d)[::start // n]
+
+
+def train_progressive(config, dist, net, teacher_params, sigma_d: float, directory: str,
+                      writer, progress: bool) -> dict[int, dict]:
+    """Progressive distillation from ``start_steps`` down to 1: ``{steps: params}`` of every
+    round's student (the round that halves to ``n`` steps gives the ``n``-step model)."""
+    pc, sc = config.progressive, config.student
+    tx = _adam(sc.optimizer)
+    models, teacher, n = {}, teacher_params, pc.start_steps
+    while n > 1:
+        n //= 2
+        teacher_grid = jnp.asarray(progressive_grid(config, sigma_d, 2 * n))
+
+        @jax.jit
+        def step(state, teacher, teacher_grid=teacher_grid, n=n):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+            k_x, k_i, k_z = jax.random.split(key, 3)
+            x0 = dist.sample(k_x, sc.batch_size)
+            i = jax.random.randint(k_i, (sc.batch_size,), 0, n)  # the student's step i -> i+1
+            t, t_mid, t_next = (teacher_grid[2 * i], teacher_grid[2 * i + 1],
+                                teacher_grid[2 * i + 2])
+            x_t, _ = trigflow.noisy(x0, sigma_d * jax.random.normal(k_z, x0.shape), t)
+            target = progressive.progressive_target(
+                _velocity(net, jax.lax.stop_gradient(teacher)), x_t, t, t_mid, t_next, sigma_d)
+
+            def loss_fn(p):
+                x0_hat = trigflow.consistency_fn(_velocity(net, p), x_t, t, sigma_d)
+                return jnp.mean(progressive.progressive_loss(x0_hat, target, x_t, t, sigma_d))
+
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+            updates, opt = tx.update(grads, state["opt"], state["params"])
+            new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt,
+                   "step": state["step"] + 1}
+            return _guarded(state, new, loss, grads)
+
+        def init_state(teacher=teacher):
+            return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
+                jax.random.key(sc.seed + n)), "nonfinite": loop.init_nonfinite(),
+                "params": teacher, "opt": tx.init(teacher)}
+
+        meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
+                "distill": {"role": "progressive", "steps": n, "data": config.data.to_dict(),
+                            "sigma_d": sigma_d, "teacher_sha256": ckpt_lib.params_hash(teacher),
+                            "settings": {**pc.to_dict(), "student": {
+                                k: v for k, v in sc.to_dict().items()
+                                if k not in ("steps", *_LOOP_KEYS)}}}}
+        state = _fit("student", os.path.join(directory, f"round_{n}_steps"), init_state,
+                     lambda s, step=step, teacher=teacher: step(s, teacher), pc.steps_per_round,
+                     meta, writer, sc, progress)
+        teacher = jax.device_get(state["params"])
+        models[n] = teacher
+    return models
+
+
 # -------------------------------------------------------------------------------- evaluation
 def _velocity(net, params):
     return lambda x, t: net.apply(params, x, t)
@@ -327,10 +397,14 @@ def evaluate(config, dist, net, teacher_params, student_params, sigma_d: float
         score("teacher", x, n)
         sets[f"teacher_{n}"] = x
     for n in e.student_steps:
-        times = [t0] + _intermediate_times(config, n)
-        x = np.asarray(jax.jit(lambda p: samplers.consistency_sample(
-            _velocity(net, p), z, times, jax.random.fold_in(key, 2), sigma_d=sigma_d))(
-                student_params))
+        if config.method == "progressive":  # the round's n-step student, by DDIM on its grid
+            times = jnp.asarray(progressive_grid(config, sigma_d, n))
+            x = np.asarray(teacher_sample(student_params[n], times, "ddim"))
+        else:
+            times = [t0] + _intermediate_times(config, n)
+            x = np.asarray(jax.jit(lambda p: samplers.consistency_sample(
+                _velocity(net, p), z, times, jax.random.fold_in(key, 2), sigma_d=sigma_d))(
+                    student_params))
         score("student", x, n)
         sets[f"student_{n}"] = x
     return results, sets
@@ -365,9 +439,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         teacher_params = train_teacher(config, dist, net, sigma_d, teacher_dir, writer, progress)
         teacher_s = time.time() - t0
         t0 = time.time()
-        student_params = train_student(config, dist, net, teacher_params, sigma_d,
-                                       os.path.join(workdir, "checkpoints", "student"), writer,
-                                       progress)
+        train_fn = train_progressive if config.method == "progressive" else train_student
+        student_params = train_fn(config, dist, net, teacher_params, sigma_d,
+                                  os.path.join(workdir, "checkpoints", "student"), writer,
+                                  progress)
         student_s = time.time() - t0
 
     # -- evaluation and outputs
