@@ -3,7 +3,8 @@ evaluated on toy 2-D data with known densities.
 
 Sections: data -> teacher (trained when missing, reused when its settings match) -> student
 (sCD: consistency distillation along the teacher's ODE; sCT: consistency training along the
-data's; rCM: sCD plus DMD on the student's own samples, with a fake score; progressive:
+data's; rCM: sCD plus DMD on the student's own samples, with a fake score; DMD2: the
+distribution-matching term alone, fake score updated several times per student step; progressive:
 students of halving step counts, each matching two steps of the last) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
 outputs:
 
@@ -38,7 +39,7 @@ from jaxkd.models.denoisers import AdaptiveWeight, MLPDenoiser
 
 __all__ = ["METHODS", "check_config", "train_and_evaluate"]
 
-METHODS = ("scd", "sct", "rcm", "progressive")
+METHODS = ("scd", "sct", "rcm", "dmd2", "progressive")
 DENOISERS = {"mlp": MLPDenoiser}
 # Settings that do not change what a run computes (a run may resume, or be extended with more
 # ``steps``, under other values).
@@ -80,7 +81,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     s = config.student
     if s.init not in ("teacher", "scratch"):
         raise errors.ConfigError(f"config.student.init={s.init!r}; valid: teacher, scratch")
-    if config.method == "rcm":
+    if config.method in ("rcm", "dmd2"):
         for n in config.rcm.sim_steps:
             if n < 1 or (n > 1 and str(n) not in config.eval.student_times):
                 raise errors.ConfigError(
@@ -197,8 +198,9 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     sc = config.student
     weight_net = AdaptiveWeight(emb_dim=sc.weight_emb_dim)
     tx = _adam(sc.optimizer)
-    distill = config.method in ("scd", "rcm")
-    rcm = config.method == "rcm"
+    distill = config.method in ("scd", "rcm", "dmd2")
+    rcm = config.method in ("rcm", "dmd2")  # a fake score and the DMD term on own samples
+    consistency = config.method != "dmd2"  # DMD2: the distribution-matching term alone
     rc = config.rcm
     fake_tx = _adam(rc.fake_optimizer)
     t0 = samplers.t_max(sigma_d)
@@ -261,11 +263,13 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
             extra = {"fake_loss": f_loss}
 
         def loss_fn(p):
-            per, terms = scm.scm_loss(lambda x, t: net.apply(p["F"], x, t),
-                                      lambda t: weight_net.apply(p["w"], t), x0, k_l,
-                                      sigma_d=sigma_d, p_mean=sc.p_mean, p_std=sc.p_std, r=r,
-                                      teacher=teacher, tangent_norm=sc.tangent_norm)
-            loss = jnp.mean(per)
+            loss, terms = jnp.zeros(()), {}
+            if consistency:
+                per, terms = scm.scm_loss(lambda x, t: net.apply(p["F"], x, t),
+                                          lambda t: weight_net.apply(p["w"], t), x0, k_l,
+                                          sigma_d=sigma_d, p_mean=sc.p_mean, p_std=sc.p_std, r=r,
+                                          teacher=teacher, tangent_norm=sc.tangent_norm)
+                loss = jnp.mean(per)
             if rcm:
                 gen = simulate(p["F"], k_sim)  # the same draws as the fake score saw
                 k_t, k_z = jax.random.split(k_dmd)
@@ -278,7 +282,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                                                  x_t, t, sigma_d)
                 dmd_term = jnp.mean(dmd.dmd_loss(gen, f_real, f_fake))
                 terms = {**terms, "dmd": dmd_term}
-                loss = loss + rc.weight * dmd_term
+                loss = loss + (rc.weight if consistency else 1.0) * dmd_term
             return loss, terms
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -289,9 +293,11 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
             new.update(fake=fake, fake_opt=fake_opt)
             extra["dmd"] = terms["dmd"]
         state, m = _guarded(state, new, loss, grads)
-        return state, {**m, **extra, "tangent_warmup": jnp.float32(r),
-                       "g_norm": jnp.mean(jnp.linalg.norm(terms["g"], axis=-1)),
-                       "w_mean": jnp.mean(terms["w"])}
+        if consistency:
+            extra.update(tangent_warmup=jnp.float32(r),
+                         g_norm=jnp.mean(jnp.linalg.norm(terms["g"], axis=-1)),
+                         w_mean=jnp.mean(terms["w"]))
+        return state, {**m, **extra}
 
     meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
             "distill": {"role": "student", "method": config.method,

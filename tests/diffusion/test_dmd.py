@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxkd.diffusion import dmd
 
@@ -24,11 +25,12 @@ def test_dmd_direction_and_loss_gradient_match_numpy():
     assert not np.any(g_real) and not np.any(g_fake)
 
 
-def test_rcm_smoke_trains_a_student_and_a_fake_score(tmp_path):
-    from configs.diffusion import rcm_ring  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("method", ["rcm", "dmd2"])
+def test_rcm_and_dmd2_smoke_train_a_student_and_a_fake_score(tmp_path, method):
+    from configs.diffusion import dmd2_ring, rcm_ring  # pylint: disable=g-import-not-at-top
     from jaxkd.diffusion import train  # pylint: disable=g-import-not-at-top
 
-    config = rcm_ring.get_config("smoke")
+    config = {"rcm": rcm_ring, "dmd2": dmd2_ring}[method].get_config("smoke")
     config.progress = False
     config.eval.update(dict(num_samples=200, teacher_steps=(1,), student_steps=(1,)))
     results = train.train_and_evaluate(config, str(tmp_path))
@@ -39,3 +41,5 @@ def test_rcm_smoke_trains_a_student_and_a_fake_score(tmp_path):
                if "student/train/dmd" in r]
     assert records and all(np.isfinite(r["student/train/fake_loss"]) for r in records)
     assert any(r["student/train/dmd"] > 0 for r in records)
+    # rCM carries the consistency loss's statistics; DMD2 has no consistency term.
+    assert ("student/train/g_norm" in records[-1]) == (method == "rcm")
