@@ -13,7 +13,7 @@ def diffusion_config(*, method: str, data: str, seed: int,
                      smoke: bool) -> ml_collections.ConfigDict:
     """Every key a 2-D diffusion-distillation run reads, with defaults."""
     c = ml_collections.ConfigDict()
-    # scd (distil the teacher's ODE), sct (train on the data's), rcm, progressive
+    # scd (distil the teacher's ODE), sct (train on the data's), rcm, dmd2, cd, ct, progressive
     c.method = method
     c.data = dict(name=data, kwargs={})  # jaxkd.diffusion.toy: ring, moons, checkerboard
     c.sigma_d = 0.0  # data scale; 0 = the data's standard deviation (estimated, recorded)
@@ -35,6 +35,10 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # DMD's noise times lognormal (p_mean, p_std).
     c.rcm = dict(weight=0.01, fake_steps=5, sim_steps=(1, 2, 4), batch_size=256,
                  p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4))
+    # Discrete consistency (methods "cd", "ct"; jaxkd.diffusion.discrete_cm): CD on a fixed
+    # ``num_steps`` grid (the teacher's Euler step between neighbours), CT with iCT's curriculum
+    # (grid doubling from ``s0`` to ``s1`` steps); pairs drawn lognormal (p_mean, p_std) in sigma.
+    c.discrete = dict(num_steps=18, s0=10, s1=1280, p_mean=-1.1, p_std=2.0)
     # Progressive distillation (method "progressive"): rounds from the teacher's ``start_steps``
     # DDIM steps (its Karras grid) down to 1, ``steps_per_round`` student updates each (the
     # student's batch, optimiser and seed from config.student).

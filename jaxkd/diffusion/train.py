@@ -4,7 +4,8 @@ evaluated on toy 2-D data with known densities.
 Sections: data -> teacher (trained when missing, reused when its settings match) -> student
 (sCD: consistency distillation along the teacher's ODE; sCT: consistency training along the
 data's; rCM: sCD plus DMD on the student's own samples, with a fake score; DMD2: the
-distribution-matching term alone, fake score updated several times per student step; progressive:
+distribution-matching term alone, fake score updated several times per student step; CD/CT:
+discrete-time consistency distillation/training with iCT's improvements; progressive:
 students of halving step counts, each matching two steps of the last) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
 outputs:
 
@@ -34,12 +35,12 @@ import optax
 from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop, metrics, report
 from jaxkd.diffusion import metrics as metrics_lib
-from jaxkd.diffusion import dmd, progressive, samplers, scm, toy, trigflow, viz
+from jaxkd.diffusion import discrete_cm, dmd, progressive, samplers, scm, toy, trigflow, viz
 from jaxkd.models.denoisers import AdaptiveWeight, MLPDenoiser
 
 __all__ = ["METHODS", "check_config", "train_and_evaluate"]
 
-METHODS = ("scd", "sct", "rcm", "dmd2", "progressive")
+METHODS = ("scd", "sct", "rcm", "dmd2", "cd", "ct", "progressive")
 DENOISERS = {"mlp": MLPDenoiser}
 # Settings that do not change what a run computes (a run may resume, or be extended with more
 # ``steps``, under other values).
@@ -198,9 +199,18 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     sc = config.student
     weight_net = AdaptiveWeight(emb_dim=sc.weight_emb_dim)
     tx = _adam(sc.optimizer)
-    distill = config.method in ("scd", "rcm", "dmd2")
+    distill = config.method in ("scd", "rcm", "dmd2", "cd")
+    discrete = config.method in ("cd", "ct")  # discrete-time consistency (iCT's improvements)
+    dc = config.discrete
+
+    def sigmas_at(step: int) -> np.ndarray:
+        n = (dc.num_steps if config.method == "cd"
+             else discrete_cm.curriculum_steps(step, sc.steps, dc.s0, dc.s1))
+        return discrete_cm.karras_sigmas(n).astype(np.float32)
+
     rcm = config.method in ("rcm", "dmd2")  # a fake score and the DMD term on own samples
-    consistency = config.method != "dmd2"  # DMD2: the distribution-matching term alone
+    # DMD2: the distribution-matching term alone; CD/CT: the discrete consistency loss instead.
+    consistency = config.method not in ("dmd2", "cd", "ct")
     rc = config.rcm
     fake_tx = _adam(rc.fake_optimizer)
     t0 = samplers.t_max(sigma_d)
@@ -241,7 +251,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
         return jax.lax.switch(n, [branch(times) for times in sim_times], params)
 
     @jax.jit
-    def step(state, teacher_params):
+    def step(state, teacher_params, sigmas):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         k_x, k_l, k_sim, k_fake, k_dmd = jax.random.split(key, 5)
         x0 = dist.sample(k_x, sc.batch_size)
@@ -270,6 +280,10 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                                           sigma_d=sigma_d, p_mean=sc.p_mean, p_std=sc.p_std, r=r,
                                           teacher=teacher, tangent_norm=sc.tangent_norm)
                 loss = jnp.mean(per)
+            if discrete:
+                loss = jnp.mean(discrete_cm.discrete_cm_loss(
+                    lambda x, t: net.apply(p["F"], x, t), x0, k_l, sigmas, sigma_d=sigma_d,
+                    p_mean=dc.p_mean, p_std=dc.p_std, teacher=teacher))
             if rcm:
                 gen = simulate(p["F"], k_sim)  # the same draws as the fake score saw
                 k_t, k_z = jax.random.split(k_dmd)
@@ -305,8 +319,10 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                         "teacher_sha256": ckpt_lib.params_hash(teacher_params),
                         "settings": {k: v for k, v in sc.to_dict().items()
                                      if k not in ("steps", *_LOOP_KEYS)},
-                        **({"rcm": rc.to_dict()} if rcm else {})}}
-    state = _fit("student", directory, init_state, lambda s: step(s, teacher_params),
+                        **({"rcm": rc.to_dict()} if rcm else {}),
+                        **({"discrete": dc.to_dict()} if discrete else {})}}
+    state = _fit("student", directory, init_state,
+                 lambda s: step(s, teacher_params, sigmas_at(int(s["step"]))),
                  sc.steps, meta, writer, sc, progress)
     return jax.device_get(state["params"]["F"])
 
