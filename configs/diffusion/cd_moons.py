@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/cd_moons.py --workdir runs/diffusion/cd_moons  # ~15 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/cd_moons.py --workdir runs/diffusion/cd_moons  # ~35 min on a 2-core CPU (20 of them training the teacher)
 
 Discrete-time consistency distillation (CD, with iCT's pseudo-Huber distance and lognormal pair
 sampling; 18-step grid, one Euler step of the teacher between neighbours) on the toy 2-D

@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/ct_moons.py --workdir runs/diffusion/ct_moons  # ~15 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/ct_moons.py --workdir runs/diffusion/ct_moons  # ~35 min on a 2-core CPU (20 of them training the teacher)
 
 Discrete-time consistency training (iCT: no teacher in the loss, the same noise at neighbouring
 times, pseudo-Huber distance, lognormal pair sampling, the grid doubling from 10 to 1280 steps;

@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/dmd2_checkerboard.py --workdir runs/diffusion/dmd2_checkerboard  # ~30 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/dmd2_checkerboard.py --workdir runs/diffusion/dmd2_checkerboard  # ~60 min on a 2-core CPU (20 of them training the teacher)
 
 DMD2 (distribution matching distillation): the student, initialised from the teacher, generates
 in 1, 2 or 4 consistency steps (backward simulation during training) and learns only the

@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/progressive_moons.py --workdir runs/diffusion/progressive_moons  # ~20 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/progressive_moons.py --workdir runs/diffusion/progressive_moons  # ~35 min on a 2-core CPU (20 of them training the teacher)
 
 Progressive distillation (Salimans & Ho): students of 32, 16, ..., 1 DDIM steps, each
 initialised from the last and trained to match two of its steps with one (target in closed form,

@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/rcm_moons.py --workdir runs/diffusion/rcm_moons  # ~30 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/rcm_moons.py --workdir runs/diffusion/rcm_moons  # ~60 min on a 2-core CPU (20 of them training the teacher)
 
 rCM (sCD plus a distribution-matching (DMD) regulariser, weight 0.01, on the student's own few-
 step samples, with a fake score trained alongside from the teacher) on the toy 2-D distribution

@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/scd_ring.py --workdir runs/diffusion/scd_ring  # ~10 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/scd_ring.py --workdir runs/diffusion/scd_ring  # ~35 min on a 2-core CPU (20 of them training the teacher)
 
 sCD (continuous-time consistency distillation: the student follows the teacher's probability-flow ODE, time derivative by jax.jvp) on the toy 2-D distribution ``ring`` (known density). Trains the TrigFlow diffusion
 teacher first (or reuses ``--config.teacher.dir``), then the student, and reports the teacher

@@ -1,4 +1,4 @@
-"""python -m experiments.diffusion --config configs/diffusion/sct_ring.py --workdir runs/diffusion/sct_ring  # ~10 min on a 2-core CPU
+"""python -m experiments.diffusion --config configs/diffusion/sct_ring.py --workdir runs/diffusion/sct_ring  # ~35 min on a 2-core CPU (20 of them training the teacher)
 
 sCT (continuous-time consistency training: the student follows the data's own ODE tangent cos t z - sin t x0; the teacher only initialises it) on the toy 2-D distribution ``ring`` (known density). Trains the TrigFlow diffusion
 teacher first (or reuses ``--config.teacher.dir``), then the student, and reports the teacher
