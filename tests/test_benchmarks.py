@@ -78,3 +78,13 @@ def test_consistency_step_benchmark_prints_its_ratios():
     # One shared JVP: sCT costs about 4/3 of a diffusion step and sCD (plus the teacher) 5/3;
     # a JVP that recomputed the primal would add another forward (5/3 and 2).
     assert 1.2 < out["sct_flop_ratio"] < 1.45 and 1.5 < out["scd_flop_ratio"] < 1.8
+
+
+def test_scm_precision_benchmark_prints_bfloat16_errors():
+    r = subprocess.run([sys.executable, "benchmarks/scm_precision.py", "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {f"{n}/{q}" for n in ("mlp", "unet") for q in ("F", "dF_dt", "g", "loss", "grad")} == set(out)
+    # bfloat16 has an 8-bit mantissa: errors are visible (a float32 run would give 0) but small.
+    assert all(0 < out[f"{n}/F"] < 0.05 for n in ("mlp", "unet"))
