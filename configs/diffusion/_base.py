@@ -26,9 +26,11 @@ def diffusion_config(*, method: str, data: str, seed: int,
                      optimizer=_adam(1e-3), dir="", **loop)
     # The student (jaxkd.diffusion.scm): initialised from the teacher (sCM's practice) or from
     # scratch; tangent warm-up r = min(1, step / tangent_warmup); tangent normalisation c.
+    # ``tbcm``: train sCD at points of the teacher's own DDIM trajectories (image-free).
     c.student = dict(steps=4000, batch_size=1024, p_mean=-1.0, p_std=1.4, init="teacher",
                      tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,
-                     optimizer=_adam(1e-4), **loop)
+                     optimizer=_adam(1e-4),
+                     tbcm=dict(enabled=False, num_trajectories=4096, grid_steps=32), **loop)
     # rCM (method "rcm"): sCD + ``weight`` x DMD on the student's own samples (backward
     # simulation with a step count drawn from ``sim_steps``; ``batch_size`` samples), a fake
     # score initialised from the teacher and trained ``fake_steps`` times per student step;
@@ -55,6 +57,7 @@ def diffusion_config(*, method: str, data: str, seed: int,
         for node, steps in ((c.teacher, 30), (c.student, 10)):
             node.update(dict(steps=steps, batch_size=64, log_every=5, checkpoint_every=10))
         c.student.tangent_warmup = 5
+        c.student.tbcm.update(dict(num_trajectories=64, grid_steps=4))
         c.rcm.update(dict(fake_steps=2, batch_size=32, sim_steps=(1, 2)))
         c.progressive.update(dict(start_steps=4, steps_per_round=3))
         c.eval.update(dict(num_samples=500, teacher_steps=(1, 4), student_steps=(1, 2)))

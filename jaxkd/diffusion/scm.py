@@ -104,24 +104,33 @@ def normalize_tangent(g: jax.Array, c: float = 0.1) -> jax.Array:
 
 def scm_terms(student: VelocityFn, x0: jax.Array, key: jax.Array, *, sigma_d: float,
               p_mean: float, p_std: float, r: float | jax.Array,
-              teacher: VelocityFn | None = None, tangent_norm: float = 0.1) -> dict:
+              teacher: VelocityFn | None = None, tangent_norm: float = 0.1,
+              points: tuple[jax.Array, jax.Array] | None = None) -> dict:
     """The pieces of one sCM estimate on a batch (see the module docstring).
 
     Args:
       student: ``F_theta`` as a velocity function (gradients flow through its output).
-      x0: ``[B, ...]`` clean data.
+      x0: ``[B, ...]`` clean data (unused with ``points``).
       key: draws ``t`` (lognormal in sigma) and ``z``.
       teacher: ``F_teacher`` for sCD (with guidance folded in, if any); None gives sCT.
       tangent_norm: ``c`` of :func:`normalize_tangent` (0 disables normalisation).
+      points: ``(x_t, t)`` to train at instead of noised data (TBCM: points on the teacher's
+        own sampling trajectories, no data needed); sCD only.
 
     Returns:
       dict with ``t [B]``, ``x_t``, ``dxt_dt``, ``F`` (differentiable), ``F_minus``, ``dF_dt``
       (``cos t sin t dF^-/dt``) and ``g`` (normalised), all held fixed except ``F``.
     """
-    k_t, k_z = jax.random.split(key)
-    t = sample_time(k_t, x0.shape[:1], p_mean=p_mean, p_std=p_std, sigma_d=sigma_d)
-    z = sigma_d * jax.random.normal(k_z, x0.shape)
-    x_t, v_t = noisy(x0, z, t)
+    if points is not None:
+        if teacher is None:
+            raise ValueError("points on the teacher's trajectories (TBCM) need a teacher (sCD)")
+        x_t, t = points
+        v_t = None
+    else:
+        k_t, k_z = jax.random.split(key)
+        t = sample_time(k_t, x0.shape[:1], p_mean=p_mean, p_std=p_std, sigma_d=sigma_d)
+        z = sigma_d * jax.random.normal(k_z, x0.shape)
+        x_t, v_t = noisy(x0, z, t)
     if teacher is None:
         dxt_dt = v_t
     else:

@@ -101,6 +101,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise errors.ConfigError(
                 f"config.eval.student_steps has {bad}: progressive distillation makes students "
                 f"of 1, 2, 4, ... {start // 2} steps")
+    if s.tbcm.enabled and config.method != "scd":
+        raise errors.ConfigError(f"config.student.tbcm.enabled=True trains sCD on the teacher's "
+                                 f"trajectories; config.method={config.method!r} (use scd)")
     if s.tangent_warmup < 0 or s.tangent_norm < 0:
         raise errors.ConfigError(f"config.student.tangent_warmup={s.tangent_warmup} and "
                                  f"tangent_norm={s.tangent_norm} must be >= 0")
@@ -218,6 +221,18 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     # with the gradient through the last step only.
     sim_times = [[t0] + _intermediate_times(config, n) for n in rc.sim_steps]
 
+    # TBCM: sCD trained at points of the teacher's own sampling trajectories (no data): a pool
+    # of ``tbcm.num_trajectories`` DDIM trajectories on the teacher's Karras grid, made once
+    # from the seed (so a resumed run has the same pool).
+    tbcm = sc.tbcm.enabled
+    pool = None
+    if tbcm:
+        grid = jnp.asarray(samplers.karras_times(sc.tbcm.grid_steps, sigma_d))
+        z_pool = sigma_d * jax.random.normal(jax.random.key(sc.seed + 3),
+                                             (sc.tbcm.num_trajectories, 2))
+        pool = jax.jit(lambda tp: trajectory_points(_velocity(net, tp), z_pool, grid,
+                                                    sigma_d))(teacher_params)
+
     def init_state():
         params = (teacher_params if sc.init == "teacher"
                   else net.init(jax.random.key(sc.seed), jnp.zeros((1, 2)), jnp.ones(1)))
@@ -251,10 +266,14 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
         return jax.lax.switch(n, [branch(times) for times in sim_times], params)
 
     @jax.jit
-    def step(state, teacher_params, sigmas):
+    def step(state, teacher_params, sigmas, pool):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         k_x, k_l, k_sim, k_fake, k_dmd = jax.random.split(key, 5)
         x0 = dist.sample(k_x, sc.batch_size)
+        points = None
+        if tbcm:
+            idx = jax.random.randint(k_x, (sc.batch_size,), 0, pool[1].shape[0])
+            points = (pool[0][idx], pool[1][idx])
         r = (jnp.minimum(1.0, state["step"].astype(jnp.float32) / sc.tangent_warmup)
              if sc.tangent_warmup else 1.0)
         teacher_p = jax.lax.stop_gradient(teacher_params)
@@ -278,7 +297,8 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                 per, terms = scm.scm_loss(lambda x, t: net.apply(p["F"], x, t),
                                           lambda t: weight_net.apply(p["w"], t), x0, k_l,
                                           sigma_d=sigma_d, p_mean=sc.p_mean, p_std=sc.p_std, r=r,
-                                          teacher=teacher, tangent_norm=sc.tangent_norm)
+                                          teacher=teacher, tangent_norm=sc.tangent_norm,
+                                          points=points)
                 loss = jnp.mean(per)
             if discrete:
                 loss = jnp.mean(discrete_cm.discrete_cm_loss(
@@ -322,7 +342,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                         **({"rcm": rc.to_dict()} if rcm else {}),
                         **({"discrete": dc.to_dict()} if discrete else {})}}
     state = _fit("student", directory, init_state,
-                 lambda s: step(s, teacher_params, sigmas_at(int(s["step"]))),
+                 lambda s: step(s, teacher_params, sigmas_at(int(s["step"])), pool),
                  sc.steps, meta, writer, sc, progress)
     return jax.device_get(state["params"]["F"])
 
@@ -384,6 +404,22 @@ def train_progressive(config, dist, net, teacher_params, sigma_d: float, directo
         teacher = jax.device_get(state["params"])
         models[n] = teacher
     return models
+
+
+def trajectory_points(teacher, z: jax.Array, grid: jax.Array, sigma_d: float
+                      ) -> tuple[jax.Array, jax.Array]:
+    """``(x [P * N, ...], t [P * N])``: the points of DDIM trajectories of the teacher from
+    ``z [P, ...]`` at the grid's times ``t_0 .. t_{N-1}`` (every time but the final 0)."""
+
+    def step(x, pair):
+        t, t_next = pair
+        x_next = samplers.ode_sample(teacher, x, jnp.stack([t, t_next]), sigma_d=sigma_d,
+                                     method="ddim")
+        return x_next, x
+
+    _, xs = jax.lax.scan(step, z, (grid[:-1], grid[1:]))
+    ts = jnp.broadcast_to(grid[:-1, None], xs.shape[:2])
+    return xs.reshape(-1, *z.shape[1:]), ts.reshape(-1)
 
 
 # -------------------------------------------------------------------------------- evaluation

@@ -225,3 +225,24 @@ def test_the_unet_is_jvp_able_and_class_conditional():
     assert not np.allclose(other[0], net.apply(params, x, jnp.ones(2), labels)[0])
     with pytest.raises(ValueError, match="divisible"):
         net.apply(params, jnp.ones((1, 7, 7, 1)), jnp.ones(1), labels[:1])
+
+
+def test_trajectory_points_lie_on_the_teachers_ddim_path_and_train_scd():
+    from jaxkd.diffusion import train  # pylint: disable=g-import-not-at-top
+
+    teacher = _fn(P_TEACHER)
+    z = jnp.asarray(RNG.normal(size=(3, 2)) * SD, jnp.float32)
+    grid = jnp.asarray(samplers.karras_times(4, SD))
+    xs, ts = train.trajectory_points(teacher, z, grid, SD)
+    assert xs.shape == (12, 2) and ts.shape == (12,)
+    # Trajectory k's point at grid time i is i DDIM steps from z.
+    for i in range(4):
+        want = samplers.ode_sample(teacher, z, grid[:i + 1], sigma_d=SD, method="ddim")
+        np.testing.assert_allclose(xs[3 * i:3 * i + 3], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ts[3 * i:3 * i + 3], grid[i])
+    terms = scm.scm_terms(_fn(P_STUDENT), X0[:3], jax.random.key(0), r=1.0, teacher=teacher,
+                          points=(xs[:3], ts[:3]), **KW)
+    np.testing.assert_array_equal(terms["x_t"], xs[:3])
+    with pytest.raises(ValueError, match="need a teacher"):
+        scm.scm_terms(_fn(P_STUDENT), X0[:3], jax.random.key(0), r=1.0, points=(xs[:3], ts[:3]),
+                      **KW)

@@ -66,7 +66,8 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     from jaxkd.diffusion import toy  # pylint: disable=g-import-not-at-top
 
     workdir, results = sct_run
-    config = _smoke(sct_moons, **{"method": "scd"})  # sCD: the teacher's tangent, resumed too
+    # sCD at points of the teacher's trajectories (TBCM): the pool is rebuilt identically.
+    config = _smoke(sct_moons, **{"method": "scd", "student.tbcm.enabled": True})
     dist = toy.get(config.data.name)
     net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
     sd = results["sigma_d"]
@@ -89,8 +90,9 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     ({"eval.student_steps": (1, 3)}, "no '3' entry"),
     ({"eval.student_times": {"2": (2.0,)}}, "student_times"),
     ({"data.name": "spiral"}, "config.data.name"),
-    ({"method": "cd"}, "config.method"),
+    ({"method": "lcm"}, "config.method"),
     ({"eval.sampler": "rk4"}, "config.eval.sampler"),
+    ({"method": "sct", "student.tbcm.enabled": True}, "use scd"),
 ])
 def test_bad_configs_name_the_key(overrides, match):
     with pytest.raises(errors.ConfigError, match=match):
