@@ -136,14 +136,24 @@ def check_meta(found: dict, expected: dict, directory: str,
     if not diffs and found.get("param_shapes") != expected.get("param_shapes"):
         diffs = ["param_shapes"]
     if diffs:
-        detail = "; ".join(f"{k}: checkpoint has {found.get(k)!r}, config asks for "
-                           f"{expected.get(k)!r}" for k in diffs if k != "param_shapes")
+        detail = "; ".join(_describe_diff(k, found.get(k), expected.get(k))
+                           for k in diffs if k != "param_shapes")
         if "param_shapes" in diffs:
             detail = detail or "parameter shapes differ"
         raise CheckpointMismatchError(
             f"{directory} holds a checkpoint that does not match this config ({detail}). Use a fresh "
             f"--workdir, or delete {directory} to start this run over."
         )
+
+
+def _describe_diff(key: str, found: Any, expected: Any) -> str:
+    """``key.a.b: checkpoint has X, config asks for Y`` for each differing leaf of two dicts."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        parts = [_describe_diff(f"{key}.{k}", found.get(k), expected.get(k))
+                 for k in sorted(set(found) | set(expected), key=str)
+                 if found.get(k) != expected.get(k)]
+        return "; ".join(parts)
+    return f"{key}: checkpoint has {found!r}, config asks for {expected!r}"
 
 
 def params_hash(tree: Any) -> str:

@@ -55,7 +55,8 @@ def test_a_finished_teacher_is_reused_and_a_different_one_refused(sct_run, tmp_p
     for n in (1, 4):
         assert rerun[f"teacher/steps_{n}/swd"] == results[f"teacher/steps_{n}/swd"]
     other = _smoke(sct_moons, **{"teacher.dir": teacher_dir, "teacher.p_mean": 0.5})
-    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="does not match"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"distill\.settings\.p_mean: checkpoint has -1.2, config asks for 0.5"):
         train.train_and_evaluate(other, str(tmp_path / "other"))
 
 
