@@ -88,13 +88,13 @@ _TEXT = {
                  "(backward simulation) and learns only the distribution-matching gradient "
                  "(f_fake - f_real) / mean|x0 - f_real| on its own noised samples, the fake score "
                  "trained on them 5 times per student step; no GAN head"),
-    "cd": (35, "discrete-time consistency distillation (CD) on an 18-step grid, one Euler step of "
+    "cd": (35, "Discrete-time consistency distillation (CD) on an 18-step grid, one Euler step of "
                "the teacher between neighbours, with iCT's pseudo-Huber distance and lognormal "
                "pair sampling"),
-    "ct": (35, "discrete-time consistency training (iCT): the same noise at neighbouring times, "
+    "ct": (35, "Discrete-time consistency training (iCT): the same noise at neighbouring times, "
                "pseudo-Huber distance, lognormal pairs, the grid doubling from 10 to 1280 steps "
                "(initialised from the teacher)"),
-    "progressive": (35, "progressive distillation: students of 32, 16, ..., 1 DDIM steps, each "
+    "progressive": (35, "Progressive distillation: students of 32, 16, ..., 1 DDIM steps, each "
                         "from the last, matching two of its steps with one (closed-form target, "
                         "loss max(|x0 - x0~|^2, |eps - eps~|^2))"),
 }
@@ -103,7 +103,7 @@ _TEXT = {
 def doc(method: str, data: str) -> str:
     """The docstring of ``configs/diffusion/<method>_<data>.py``: its command first."""
     minutes, what = _TEXT[method]
-    text = (f"{what[0].upper()}{what[1:]}. Data: the toy 2-D distribution ``{data}`` (known "
+    text = (f"{what}. Data: the toy 2-D distribution ``{data}`` (known "
             "density). Trains the TrigFlow diffusion teacher first (or reuses "
             "``--config.teacher.dir``), then the student, and reports the teacher at 1-64 ODE "
             "steps and the student at 1, 2 and 4 steps (sliced Wasserstein distance, MMD, mean "

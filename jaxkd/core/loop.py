@@ -119,6 +119,20 @@ def nonfinite_guard(old_state: dict, new_state: dict, loss: jax.Array, grad_norm
 
 
 # --------------------------------------------------------------------------------------- fit
+class NoData:
+    """A "pipeline" for :func:`fit` when a step draws its own data from its step number (dataset
+    and diffusion distillation): yields empty batches and has no state to checkpoint."""
+
+    def __next__(self) -> dict:
+        return {}
+
+    def get_state(self) -> dict:
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        del state
+
+
 @dataclasses.dataclass
 class LoopConfig:
     total_steps: int

@@ -273,19 +273,6 @@ def make_optimizer(config, soft: bool) -> optax.GradientTransformation:
     return optax.multi_transform(txs, {"images": "images", "lr": "lr", "labels": "labels"})
 
 
-class _Iterations:
-    """The loop's "pipeline": distillation draws its randomness from the iteration number."""
-
-    def __next__(self) -> dict:
-        return {}
-
-    def get_state(self) -> dict:
-        return {}
-
-    def set_state(self, state: dict) -> None:
-        del state
-
-
 def _write_synthetic(path: str, syn: dict, data: RealData, soft: bool, learns_lr: bool) -> None:
     arrays = {"images": data.to_stored(syn["images"])}
     if soft:
@@ -593,7 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with writer, checkpointer:
         state, _ = loop.fit(
             name="distill", init_state=init_state, abstract_state=abstract, step_fn=step_fn,
-            pipeline=_Iterations(), to_global=lambda b: b, eval_fn=None,
+            pipeline=loop.NoData(), to_global=lambda b: b, eval_fn=None,
             checkpointer=checkpointer, meta=meta, writer=writer,
             cfg=loop.LoopConfig(total_steps=total, log_every=d.log_every,
                                 checkpoint_every=d.checkpoint_every,

@@ -115,19 +115,6 @@ def _intermediate_times(config: ml_collections.ConfigDict, n: int) -> list[float
 
 
 # ---------------------------------------------------------------------------------- training
-class _Draws:
-    """The loop's "pipeline": every step draws fresh data from its step number."""
-
-    def __next__(self) -> dict:
-        return {}
-
-    def get_state(self) -> dict:
-        return {}
-
-    def set_state(self, state: dict) -> None:
-        del state
-
-
 def _adam(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
     tx = optax.adam(cfg.lr, b1=0.9, b2=cfg.b2)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx
@@ -140,7 +127,7 @@ def _fit(name: str, directory: str, init_state, step, total: int, meta: dict, wr
     with checkpointer:
         state, _ = loop.fit(
             name=name, init_state=init_state, abstract_state=jax.eval_shape(init_state),
-            step_fn=lambda s, batch: step(s), pipeline=_Draws(), to_global=lambda b: b,
+            step_fn=lambda s, batch: step(s), pipeline=loop.NoData(), to_global=lambda b: b,
             eval_fn=None, checkpointer=checkpointer, meta=meta, writer=writer,
             cfg=loop.LoopConfig(total_steps=total, log_every=cfg.log_every,
                                 checkpoint_every=cfg.checkpoint_every,
