@@ -15,7 +15,8 @@ def diffusion_config(*, method: str, data: str, seed: int,
                      smoke: bool) -> ml_collections.ConfigDict:
     """Every key a 2-D diffusion-distillation run reads, with defaults."""
     c = ml_collections.ConfigDict()
-    # scd (distil the teacher's ODE), sct (train on the data's), rcm, dmd2, cd, ct, progressive
+    # scd (distil the teacher's ODE), sct (train on the data's), rcm, dmd2, sds, vsd, cd, ct,
+    # progressive
     c.method = method
     c.data = dict(name=data, kwargs={})  # jaxkd.diffusion.toy: ring, moons, checkerboard
     c.sigma_d = 0.0  # data scale; 0 = the data's standard deviation (estimated, recorded)
@@ -37,8 +38,10 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # simulation with a step count drawn from ``sim_steps``; ``batch_size`` samples), a fake
     # score initialised from the teacher and trained ``fake_steps`` times per student step;
     # DMD's noise times lognormal (p_mean, p_std).
+    # The same block drives dmd2 (DMD alone) and sds / vsd (score distillation; weighting of
+    # the noise-space gradient ``sds_weighting``: sigma2 = sin^2 t, or uniform).
     c.rcm = dict(weight=0.01, fake_steps=5, sim_steps=(1, 2, 4), batch_size=256,
-                 p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4))
+                 p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4), sds_weighting="sigma2")
     # Discrete consistency (methods "cd", "ct"; jaxkd.diffusion.discrete_cm): CD on a fixed
     # ``num_steps`` grid (the teacher's Euler step between neighbours), CT with iCT's curriculum
     # (grid doubling from ``s0`` to ``s1`` steps); pairs drawn lognormal (p_mean, p_std) in sigma.
@@ -88,6 +91,10 @@ _TEXT = {
                  "(backward simulation) and learns only the distribution-matching gradient "
                  "(f_fake - f_real) / mean|x0 - f_real| on its own noised samples, the fake score "
                  "trained on them 5 times per student step; no GAN head"),
+    "sds": (40, "SDS, score distillation sampling: the student as a generator (1, 2 or 4 "
+                "steps) receives w(t) (z_teacher - z) on its noised samples, z the added noise"),
+    "vsd": (60, "VSD, variational score distillation: as SDS with z replaced by the prediction "
+                "of a fake score trained on the student's samples (5 updates per student step)"),
     "cd": (35, "Discrete-time consistency distillation (CD) on an 18-step grid, one Euler step of "
                "the teacher between neighbours, with iCT's pseudo-Huber distance and lognormal "
                "pair sampling"),

@@ -13,6 +13,9 @@ distribution-matching gradient on ``x0`` is
 
 so that the generator moves its samples towards where the teacher, and away from where the fake
 score, puts the clean data. The fake network learns the diffusion loss on ``sg(x0)``.
+
+Score distillation (SDS, VSD) uses the same surrogate with the direction
+``w(t) (z_teacher - z_ref) / sigma_d`` in noise space (:func:`score_direction`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["dmd_direction", "dmd_loss"]
+__all__ = ["dmd_direction", "dmd_loss", "noise_prediction", "score_direction", "surrogate_loss"]
 
 
 def dmd_direction(x0: jax.Array, f_real: jax.Array, f_fake: jax.Array,
@@ -31,10 +34,37 @@ def dmd_direction(x0: jax.Array, f_real: jax.Array, f_fake: jax.Array,
     return (f_fake - f_real) / (scale.reshape((-1,) + (1,) * (x0.ndim - 1)) + eps)
 
 
-def dmd_loss(x0: jax.Array, f_real: jax.Array, f_fake: jax.Array) -> jax.Array:
-    """Per-example surrogate ``1/2 mean_d (x0 - sg(x0 - grad))^2`` ``[B]``; gradient only
-    through ``x0`` (the teacher's and the fake network's predictions are held fixed)."""
-    grad = jax.lax.stop_gradient(dmd_direction(x0, f_real, f_fake))
-    target = jax.lax.stop_gradient(x0.astype(jnp.float32) - grad)
+def surrogate_loss(x0: jax.Array, grad: jax.Array) -> jax.Array:
+    """Per-example ``1/2 mean_d (x0 - sg(x0 - grad))^2`` ``[B]``: its gradient in ``x0`` is
+    ``grad / D`` (``grad`` held fixed), whatever produced ``x0``."""
+    target = jax.lax.stop_gradient(x0.astype(jnp.float32) - jax.lax.stop_gradient(grad))
     diff = x0.astype(jnp.float32) - target
     return 0.5 * jnp.mean(jnp.square(diff).reshape(x0.shape[0], -1), axis=-1)
+
+
+def dmd_loss(x0: jax.Array, f_real: jax.Array, f_fake: jax.Array) -> jax.Array:
+    """Per-example DMD surrogate ``[B]``; gradient only through ``x0`` (the teacher's and the
+    fake network's predictions are held fixed)."""
+    return surrogate_loss(x0, dmd_direction(x0, f_real, f_fake))
+
+
+def noise_prediction(velocity: jax.Array, x_t: jax.Array, t: jax.Array,
+                     sigma_d: float) -> jax.Array:
+    """The noise ``z`` (std sigma_d) a TrigFlow velocity ``F`` implies at ``x_t``:
+    ``sin t x_t + cos t sigma_d F``."""
+    tb = t.reshape(t.shape + (1,) * (x_t.ndim - 1))
+    return jnp.sin(tb) * x_t + jnp.cos(tb) * sigma_d * velocity
+
+
+def score_direction(z_real: jax.Array, z_ref: jax.Array, t: jax.Array, sigma_d: float,
+                    weighting: str = "sigma2") -> jax.Array:
+    """Score distillation's gradient on a generator sample, ``w(t) (z_real - z_ref) / sigma_d``.
+
+    SDS (DreamFusion): ``z_ref`` is the noise actually added; VSD (ProlificDreamer): the noise a
+    score network trained on the generator's own samples predicts. ``z_real`` is the teacher's
+    prediction. ``weighting``: ``"sigma2"`` (``w = sin^2 t``, the noise level's square in
+    TrigFlow's units) or ``"uniform"`` (``w = 1``).
+    """
+    tb = t.reshape(t.shape + (1,) * (z_real.ndim - 1))
+    w = jnp.square(jnp.sin(tb)) if weighting == "sigma2" else jnp.ones_like(tb)
+    return w * (z_real - z_ref).astype(jnp.float32) / sigma_d

@@ -4,7 +4,8 @@ evaluated on toy 2-D data with known densities.
 Sections: data -> teacher (trained when missing, reused when its settings match) -> student
 (sCD: consistency distillation along the teacher's ODE; sCT: consistency training along the
 data's; rCM: sCD plus DMD on the student's own samples, with a fake score; DMD2: the
-distribution-matching term alone, fake score updated several times per student step; CD/CT:
+distribution-matching term alone, fake score updated several times per student step; SDS/VSD:
+score distillation on the student as a generator (VSD with the fake score); CD/CT:
 discrete-time consistency distillation/training with iCT's improvements; progressive:
 students of halving step counts, each matching two steps of the last) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
 outputs:
@@ -40,7 +41,7 @@ from jaxkd.models.denoisers import AdaptiveWeight, MLPDenoiser
 
 __all__ = ["METHODS", "check_config", "train_and_evaluate"]
 
-METHODS = ("scd", "sct", "rcm", "dmd2", "cd", "ct", "progressive")
+METHODS = ("scd", "sct", "rcm", "dmd2", "sds", "vsd", "cd", "ct", "progressive")
 DENOISERS = {"mlp": MLPDenoiser}
 # Settings that do not change what a run computes (a run may resume, or be extended with more
 # ``steps``, under other values).
@@ -82,7 +83,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     s = config.student
     if s.init not in ("teacher", "scratch"):
         raise errors.ConfigError(f"config.student.init={s.init!r}; valid: teacher, scratch")
-    if config.method in ("rcm", "dmd2"):
+    if config.method in ("rcm", "dmd2", "sds", "vsd"):
+        if config.rcm.sds_weighting not in ("sigma2", "uniform"):
+            raise errors.ConfigError(f"config.rcm.sds_weighting={config.rcm.sds_weighting!r}; "
+                                     "valid: sigma2, uniform")
         for n in config.rcm.sim_steps:
             if n < 1 or (n > 1 and str(n) not in config.eval.student_times):
                 raise errors.ConfigError(
@@ -189,7 +193,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     sc = config.student
     weight_net = AdaptiveWeight(emb_dim=sc.weight_emb_dim)
     tx = _adam(sc.optimizer)
-    distill = config.method in ("scd", "rcm", "dmd2", "cd")
+    distill = config.method in ("scd", "rcm", "dmd2", "cd", "sds", "vsd")
     discrete = config.method in ("cd", "ct")  # discrete-time consistency (iCT's improvements)
     dc = config.discrete
 
@@ -198,9 +202,12 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
              else discrete_cm.curriculum_steps(step, sc.steps, dc.s0, dc.s1))
         return discrete_cm.karras_sigmas(n).astype(np.float32)
 
-    rcm = config.method in ("rcm", "dmd2")  # a fake score and the DMD term on own samples
+    # A distribution term on the student's own samples: DMD (rcm, dmd2) or score distillation
+    # (sds; vsd with a fake score). All but sds train a fake score alongside.
+    rcm = config.method in ("rcm", "dmd2", "sds", "vsd")
+    uses_fake = config.method != "sds"
     # DMD2: the distribution-matching term alone; CD/CT: the discrete consistency loss instead.
-    consistency = config.method not in ("dmd2", "cd", "ct")
+    consistency = config.method not in ("dmd2", "cd", "ct", "sds", "vsd")
     rc = config.rcm
     fake_tx = _adam(rc.fake_optimizer)
     t0 = samplers.t_max(sigma_d)
@@ -227,7 +234,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
         state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
             jax.random.key(sc.seed + 1)), "nonfinite": loop.init_nonfinite(),
             "params": trainable, "opt": tx.init(trainable)}
-        if rcm:  # the fake score starts as the teacher
+        if uses_fake:  # the fake score starts as the teacher
             state.update(fake=teacher_params, fake_opt=fake_tx.init(teacher_params))
         return state
 
@@ -266,7 +273,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
         teacher_p = jax.lax.stop_gradient(teacher_params)
         teacher = _velocity(net, teacher_p) if distill else None
         extra, fake = {}, None
-        if rcm:
+        if uses_fake:
             # The fake score learns the diffusion loss on the student's current samples.
             samples = jax.lax.stop_gradient(simulate(state["params"]["F"], k_sim))
             fake, fake_opt = state["fake"], state["fake_opt"]
@@ -296,12 +303,21 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                 k_t, k_z = jax.random.split(k_dmd)
                 t = trigflow.sample_time(k_t, gen.shape[:1], p_mean=rc.p_mean, p_std=rc.p_std,
                                          sigma_d=sigma_d)
-                x_t, _ = trigflow.noisy(gen, sigma_d * jax.random.normal(k_z, gen.shape), t)
+                z_added = sigma_d * jax.random.normal(k_z, gen.shape)
+                x_t, _ = trigflow.noisy(gen, z_added, t)
                 x_t = jax.lax.stop_gradient(x_t)  # (DMD: the gradient enters through x0 only)
-                f_real = trigflow.consistency_fn(teacher, x_t, t, sigma_d)
-                f_fake = trigflow.consistency_fn(_velocity(net, jax.lax.stop_gradient(fake)),
-                                                 x_t, t, sigma_d)
-                dmd_term = jnp.mean(dmd.dmd_loss(gen, f_real, f_fake))
+                if config.method in ("sds", "vsd"):
+                    z_real = dmd.noise_prediction(teacher(x_t / sigma_d, t), x_t, t, sigma_d)
+                    z_ref = z_added if config.method == "sds" else dmd.noise_prediction(
+                        net.apply(jax.lax.stop_gradient(fake), x_t / sigma_d, t), x_t, t,
+                        sigma_d)
+                    dmd_term = jnp.mean(dmd.surrogate_loss(gen, dmd.score_direction(
+                        z_real, z_ref, t, sigma_d, rc.sds_weighting)))
+                else:
+                    f_real = trigflow.consistency_fn(teacher, x_t, t, sigma_d)
+                    f_fake = trigflow.consistency_fn(_velocity(net, jax.lax.stop_gradient(fake)),
+                                                     x_t, t, sigma_d)
+                    dmd_term = jnp.mean(dmd.dmd_loss(gen, f_real, f_fake))
                 terms = {**terms, "dmd": dmd_term}
                 loss = loss + (rc.weight if consistency else 1.0) * dmd_term
             return loss, terms
@@ -310,8 +326,9 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt,
                "step": state["step"] + 1}
-        if rcm:
+        if uses_fake:
             new.update(fake=fake, fake_opt=fake_opt)
+        if rcm:
             extra["dmd"] = terms["dmd"]
         state, m = _guarded(state, new, loss, grads)
         if consistency:
