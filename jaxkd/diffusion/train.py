@@ -197,7 +197,10 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     discrete = config.method in ("cd", "ct")  # discrete-time consistency (iCT's improvements)
     dc = config.discrete
 
-    def sigmas_at(step: int) -> np.ndarray:
+    def sigmas_at(step: int) -> np.ndarray | None:
+        """The discrete methods' noise grid at ``step`` (None for the others)."""
+        if not discrete:
+            return None
         n = (dc.num_steps if config.method == "cd"
              else discrete_cm.curriculum_steps(step, sc.steps, dc.s0, dc.s1))
         return discrete_cm.karras_sigmas(n).astype(np.float32)
@@ -205,7 +208,7 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     # A distribution term on the student's own samples: DMD (rcm, dmd2) or score distillation
     # (sds; vsd with a fake score). All but sds train a fake score alongside.
     rcm = config.method in ("rcm", "dmd2", "sds", "vsd")
-    uses_fake = config.method != "sds"
+    uses_fake = rcm and config.method != "sds"
     # DMD2: the distribution-matching term alone; CD/CT: the discrete consistency loss instead.
     consistency = config.method not in ("dmd2", "cd", "ct", "sds", "vsd")
     rc = config.rcm

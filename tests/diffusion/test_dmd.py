@@ -35,6 +35,7 @@ def test_distribution_terms_train_the_student(tmp_path, method):
     config = {"rcm": rcm_ring, "sds": sds_ring}[method].get_config("smoke")
     config.progress = False
     config.eval.update(dict(num_samples=200, teacher_steps=(1,), student_steps=(1,)))
+    config.rcm.update(dict(fake_steps=1, sim_steps=(1,)))  # (a smaller program to compile)
     results = train.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(results["student/steps_1/swd"])
     from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top

@@ -209,7 +209,7 @@ def test_a_layer_without_forward_mode_is_named():
 def test_the_unet_is_jvp_able_and_class_conditional():
     from jaxkd.models.denoisers import UNet  # pylint: disable=g-import-not-at-top
 
-    net = UNet(channels=8, emb_dim=16, num_classes=3)
+    net = UNet(channels=8, channel_mult=(1,), emb_dim=16, num_classes=3)
     x = jnp.asarray(RNG.normal(size=(2, 8, 8, 1)), jnp.float32)
     labels = jnp.array([0, 3])  # 3: the null class
     params = net.init(jax.random.key(0), x, jnp.ones(2), labels)
@@ -223,8 +223,9 @@ def test_the_unet_is_jvp_able_and_class_conditional():
     assert out.shape == x.shape
     other = net.apply(params, x, jnp.ones(2), jnp.array([1, 3]))
     assert not np.allclose(other[0], net.apply(params, x, jnp.ones(2), labels)[0])
+    two_level = UNet(channels=8, channel_mult=(1, 2), emb_dim=16, num_classes=3)
     with pytest.raises(ValueError, match="divisible"):
-        net.apply(params, jnp.ones((1, 7, 7, 1)), jnp.ones(1), labels[:1])
+        two_level.init(jax.random.key(0), jnp.ones((1, 7, 7, 1)), jnp.ones(1), labels[:1])
 
 
 def test_trajectory_points_lie_on_the_teachers_ddim_path_and_train_scd():

@@ -26,8 +26,11 @@ def _smoke(module, **overrides):
 
 @pytest.fixture(scope="module")
 def sct_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sct"))
-    return workdir, train.train_and_evaluate(_smoke(sct_moons), workdir)
+    # sCD trained at points of the teacher's own trajectories (TBCM); plain sCD runs through the
+    # CLI in tests/test_configs.py and sCT's loss (no teacher) is tested in test_scm.py.
+    workdir = str(tmp_path_factory.mktemp("tbcm"))
+    config = _smoke(sct_moons, **{"method": "scd", "student.tbcm.enabled": True})
+    return workdir, train.train_and_evaluate(config, workdir)
 
 
 def test_outputs_and_result_keys(sct_run):
@@ -47,17 +50,28 @@ def test_outputs_and_result_keys(sct_run):
 
 
 def test_a_finished_teacher_is_reused_and_a_different_one_refused(sct_run, tmp_path):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
+    from jaxkd.diffusion import toy  # pylint: disable=g-import-not-at-top
+
     workdir, results = sct_run
     teacher_dir = os.path.join(workdir, "teacher")
-    again = _smoke(sct_moons, **{"teacher.dir": teacher_dir})
-    rerun = train.train_and_evaluate(again, str(tmp_path / "again"))
-    # The same teacher (not retrained): its metrics are identical.
-    for n in (1, 4):
-        assert rerun[f"teacher/steps_{n}/swd"] == results[f"teacher/steps_{n}/swd"]
-    other = _smoke(sct_moons, **{"teacher.dir": teacher_dir, "teacher.p_mean": 0.5})
-    with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                       match=r"distill\.settings\.p_mean: checkpoint has -1.2, config asks for 0.5"):
-        train.train_and_evaluate(other, str(tmp_path / "other"))
+    config = _smoke(sct_moons)
+    dist = toy.get(config.data.name)
+    net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
+    with metrics.MetricWriter(str(tmp_path)) as writer:
+        once = train.train_teacher(config, dist, net, results["sigma_d"], teacher_dir, writer,
+                                   False)
+        again = train.train_teacher(config, dist, net, results["sigma_d"], teacher_dir, writer,
+                                    False)  # restored: not retrained, the same parameters
+        jax.tree.map(np.testing.assert_array_equal, once, again)
+        config.teacher.p_mean = 0.5
+        with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                           match=r"distill\.settings\.p_mean: checkpoint has -1.2, config asks for 0.5"):
+            train.train_teacher(config, dist, net, results["sigma_d"], teacher_dir, writer, False)
+    # The driver writes the teacher there by default (and reads it back through --config.teacher.dir).
+    assert len(os.listdir(teacher_dir)) >= 1
 
 
 def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path):
@@ -67,8 +81,7 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     from jaxkd.diffusion import toy  # pylint: disable=g-import-not-at-top
 
     workdir, results = sct_run
-    # sCD at points of the teacher's trajectories (TBCM): the pool is rebuilt identically.
-    config = _smoke(sct_moons, **{"method": "scd", "student.tbcm.enabled": True})
+    config = _smoke(sct_moons, **{"method": "scd"})  # sCD: the teacher's tangent, resumed too
     dist = toy.get(config.data.name)
     net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
     sd = results["sigma_d"]
