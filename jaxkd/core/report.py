@@ -120,6 +120,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def write_npz_atomic(path: str | os.PathLike, **arrays: Any) -> None:
+    """Writes ``arrays`` as an uncompressed ``.npz`` (``np.savez``), atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> None:
     """Writes ``obj`` as indented strict JSON, atomically (see ``to_json_compatible``)."""
     text = json.dumps(to_json_compatible(obj), indent=2, sort_keys=sort_keys, allow_nan=False)

@@ -16,7 +16,6 @@ distillation loop (``jaxkd.core.loop.fit``: auto-resume, SIGTERM save, progress 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -281,9 +280,7 @@ def _write_synthetic(path: str, syn: dict, data: RealData, soft: bool, learns_lr
         arrays["labels"] = np.asarray(jnp.argmax(syn["labels"], -1), np.int32)
     if learns_lr:
         arrays["lr"] = np.float32(syn["lr"])
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    report.write_bytes_atomic(path, buf.getvalue())
+    report.write_npz_atomic(path, **arrays)
 
 
 # ------------------------------------------------------------------------------------ baselines

@@ -437,10 +437,8 @@ def pseudo_subclass_table(ctx: train.Context, teacher: steps_lib.Teacher, teache
         "explained_variance": [s.variances.tolist() for s in splits],
     }
     if jax.process_index() == 0:
-        buf = io.BytesIO()
-        np.savez(buf, log_targets=log_targets, oracle_log_targets=oracle, logits=logits,
-                 coords=coords, assign=assign)
-        report.write_bytes_atomic(npz_path, buf.getvalue())
+        report.write_npz_atomic(npz_path, log_targets=log_targets, oracle_log_targets=oracle,
+                                logits=logits, coords=coords, assign=assign)
         report.write_json_atomic(json_path, info)  # written last: it validates the npz
     return {"log_targets": log_targets, "oracle_log_targets": oracle, "logits": logits,
             "coords": coords, "assign": assign, "info": info, "path": npz_path}
