@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.diffusion.trigflow import VelocityFn, consistency_fn, time_of
+from jaxkd.diffusion.trigflow import VelocityFn, bcast_time, consistency_fn, time_of
 
 __all__ = ["curriculum_steps", "discrete_cm_loss", "karras_sigmas", "pseudo_huber",
            "sample_index"]
@@ -81,13 +81,12 @@ def discrete_cm_loss(model: VelocityFn, x0: jax.Array, key: jax.Array, sigmas: j
     n = sample_index(k_n, sigmas, (b,), p_mean=p_mean, p_std=p_std)
     t_lo, t_hi = time_of(sigmas[n], sigma_d), time_of(sigmas[n + 1], sigma_d)
     z = sigma_d * jax.random.normal(k_z, x0.shape)
-    bc = lambda t: t.reshape((b,) + (1,) * (x0.ndim - 1))
-    x_hi = jnp.cos(bc(t_hi)) * x0 + jnp.sin(bc(t_hi)) * z
+    x_hi = jnp.cos(bcast_time(t_hi, x0)) * x0 + jnp.sin(bcast_time(t_hi, x0)) * z
     if teacher is None:
-        x_lo = jnp.cos(bc(t_lo)) * x0 + jnp.sin(bc(t_lo)) * z
+        x_lo = jnp.cos(bcast_time(t_lo, x0)) * x0 + jnp.sin(bcast_time(t_lo, x0)) * z
     else:
         slope = sigma_d * teacher(x_hi / sigma_d, t_hi)
-        x_lo = jax.lax.stop_gradient(x_hi - bc(t_hi - t_lo) * slope)
+        x_lo = jax.lax.stop_gradient(x_hi - bcast_time(t_hi - t_lo, x0) * slope)
     target = jax.lax.stop_gradient(consistency_fn(model, x_lo, t_lo, sigma_d))
     pred = consistency_fn(model, x_hi, t_hi, sigma_d)
     weight = 1.0 / (sigmas[n + 1] - sigmas[n])

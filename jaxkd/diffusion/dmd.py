@@ -23,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxkd.diffusion.trigflow import bcast_time
+
 __all__ = ["dmd_direction", "dmd_loss", "noise_prediction", "score_direction", "surrogate_loss"]
 
 
@@ -52,7 +54,7 @@ def noise_prediction(velocity: jax.Array, x_t: jax.Array, t: jax.Array,
                      sigma_d: float) -> jax.Array:
     """The noise ``z`` (std sigma_d) a TrigFlow velocity ``F`` implies at ``x_t``:
     ``sin t x_t + cos t sigma_d F``."""
-    tb = t.reshape(t.shape + (1,) * (x_t.ndim - 1))
+    tb = bcast_time(t, x_t)
     return jnp.sin(tb) * x_t + jnp.cos(tb) * sigma_d * velocity
 
 
@@ -65,6 +67,6 @@ def score_direction(z_real: jax.Array, z_ref: jax.Array, t: jax.Array, sigma_d: 
     prediction. ``weighting``: ``"sigma2"`` (``w = sin^2 t``, the noise level's square in
     TrigFlow's units) or ``"uniform"`` (``w = 1``).
     """
-    tb = t.reshape(t.shape + (1,) * (z_real.ndim - 1))
+    tb = bcast_time(t, z_real)
     w = jnp.square(jnp.sin(tb)) if weighting == "sigma2" else jnp.ones_like(tb)
     return w * (z_real - z_ref).astype(jnp.float32) / sigma_d

@@ -22,19 +22,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxkd.diffusion.trigflow import VelocityFn, consistency_fn
+from jaxkd.diffusion.trigflow import VelocityFn, bcast_time, consistency_fn
 
 __all__ = ["ddim_step", "progressive_loss", "progressive_target"]
 
 
-def _b(t: jax.Array, x: jax.Array) -> jax.Array:
-    return jnp.reshape(t, t.shape + (1,) * (x.ndim - t.ndim))
-
-
 def ddim_step(x_t: jax.Array, x0_hat: jax.Array, t: jax.Array, s: jax.Array) -> jax.Array:
     """DDIM's deterministic step from ``t`` to ``s`` with clean estimate ``x0_hat``."""
-    a_t, s_t = jnp.cos(_b(t, x_t)), jnp.sin(_b(t, x_t))
-    a_s, s_s = jnp.cos(_b(s, x_t)), jnp.sin(_b(s, x_t))
+    a_t, s_t = jnp.cos(bcast_time(t, x_t)), jnp.sin(bcast_time(t, x_t))
+    a_s, s_s = jnp.cos(bcast_time(s, x_t)), jnp.sin(bcast_time(s, x_t))
     return a_s * x0_hat + s_s * (x_t - a_t * x0_hat) / s_t
 
 
@@ -44,8 +40,9 @@ def progressive_target(teacher: VelocityFn, x_t: jax.Array, t: jax.Array, t_mid:
     from two teacher DDIM steps through ``t_mid``."""
     x_mid = ddim_step(x_t, consistency_fn(teacher, x_t, t, sigma_d), t, t_mid)
     x_next = ddim_step(x_mid, consistency_fn(teacher, x_mid, t_mid, sigma_d), t_mid, t_next)
-    ratio = jnp.sin(_b(t_next, x_t)) / jnp.sin(_b(t, x_t))
-    return (x_next - ratio * x_t) / (jnp.cos(_b(t_next, x_t)) - ratio * jnp.cos(_b(t, x_t)))
+    tb, nb = bcast_time(t, x_t), bcast_time(t_next, x_t)
+    ratio = jnp.sin(nb) / jnp.sin(tb)
+    return (x_next - ratio * x_t) / (jnp.cos(nb) - ratio * jnp.cos(tb))
 
 
 def progressive_loss(x0_student: jax.Array, x0_target: jax.Array, x_t: jax.Array,
@@ -53,7 +50,7 @@ def progressive_loss(x0_student: jax.Array, x0_target: jax.Array, x_t: jax.Array
     """``max(mean |x0 - x0~|^2, mean |eps - eps~|^2)`` per example ``[B]`` (eps in units of
     sigma_d); the target is held fixed."""
     x0_target = jax.lax.stop_gradient(x0_target)
-    s, a = jnp.sin(_b(t, x_t)), jnp.cos(_b(t, x_t))
+    s, a = jnp.sin(bcast_time(t, x_t)), jnp.cos(bcast_time(t, x_t))
     eps = lambda x0: (x_t - a * x0) / (s * sigma_d)
     flat = lambda v: jnp.mean(jnp.square(v).reshape(v.shape[0], -1), axis=-1)
     return jnp.maximum(flat(x0_student - x0_target), flat(eps(x0_student) - eps(x0_target)))

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxkd.diffusion.trigflow import VelocityFn, noisy, sample_time
+from jaxkd.diffusion.trigflow import VelocityFn, bcast_time, noisy, sample_time
 
 __all__ = ["ForwardModeError", "jvp", "normalize_tangent", "scm_loss", "scm_terms",
            "tangent_target"]
@@ -77,10 +77,6 @@ def jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
             "function a custom_jvp rule") from None
 
 
-def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
-    return jnp.reshape(t, t.shape + (1,) * (x.ndim - t.ndim))
-
-
 def tangent_target(f_minus: jax.Array, df_dt: jax.Array, dxt_dt: jax.Array, x_t: jax.Array,
                    t: jax.Array, *, sigma_d: float, r: float | jax.Array) -> jax.Array:
     """sCM's unnormalised direction ``g`` (all inputs held fixed).
@@ -92,14 +88,14 @@ def tangent_target(f_minus: jax.Array, df_dt: jax.Array, dxt_dt: jax.Array, x_t:
       x_t: ``[B, ...]``; ``t``: ``[B]``.
       sigma_d: data scale; ``r``: tangent warm-up factor in ``[0, 1]``.
     """
-    c, s = jnp.cos(_bcast(t, x_t)), jnp.sin(_bcast(t, x_t))
+    c, s = jnp.cos(bcast_time(t, x_t)), jnp.sin(bcast_time(t, x_t))
     return -c * c * (sigma_d * f_minus - dxt_dt) - r * (c * s * x_t + sigma_d * df_dt)
 
 
 def normalize_tangent(g: jax.Array, c: float = 0.1) -> jax.Array:
     """``g / (|g| + c)`` with the norm per example (over every non-batch axis)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=-1))
-    return g / _bcast(norm + c, g)
+    return g / bcast_time(norm + c, g)
 
 
 def scm_terms(student: VelocityFn, x0: jax.Array, key: jax.Array, *, sigma_d: float,
@@ -136,7 +132,7 @@ def scm_terms(student: VelocityFn, x0: jax.Array, key: jax.Array, *, sigma_d: fl
     else:
         dxt_dt = jax.lax.stop_gradient(sigma_d * teacher(x_t / sigma_d, t).astype(jnp.float32))
     cs = jnp.cos(t) * jnp.sin(t)
-    f, df_dt = jvp(student, (x_t / sigma_d, t), (_bcast(cs, x_t) * dxt_dt / sigma_d, cs))
+    f, df_dt = jvp(student, (x_t / sigma_d, t), (bcast_time(cs, x_t) * dxt_dt / sigma_d, cs))
     f = f.astype(jnp.float32)
     f_minus, df_dt = jax.lax.stop_gradient(f), jax.lax.stop_gradient(df_dt.astype(jnp.float32))
     g = tangent_target(f_minus, df_dt, dxt_dt, x_t, t, sigma_d=sigma_d, r=r)

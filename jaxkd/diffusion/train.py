@@ -513,8 +513,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # -- evaluation and outputs
     results, sets = evaluate(config, dist, net, teacher_params, student_params, sigma_d)
     first = min(config.eval.student_steps)
-    report.write_bytes_atomic(os.path.join(workdir, "samples.npz"),
-                              _npz(samples=sets[f"student_{first}"].astype(np.float32)))
+    report.write_npz_atomic(os.path.join(workdir, "samples.npz"),
+                            samples=sets[f"student_{first}"].astype(np.float32))
     viz.scatter_grid(os.path.join(workdir, "samples.png"), sets,
                      title=f"{config.method} on {config.data.name}")
     records = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
@@ -535,11 +535,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               f"({config.eval.num_samples} samples; swd/mmd: lower is better)"),
           flush=True)
     return results
-
-
-def _npz(**arrays) -> bytes:
-    import io  # pylint: disable=g-import-not-at-top
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()

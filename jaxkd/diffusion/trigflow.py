@@ -28,14 +28,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["VelocityFn", "consistency_fn", "diffusion_loss", "noisy", "sample_time",
-           "sigma_of", "time_of", "velocity"]
+__all__ = ["VelocityFn", "bcast_time", "consistency_fn", "diffusion_loss", "noisy",
+           "sample_time", "sigma_of", "time_of", "velocity"]
 
 # F(x_t / sigma_d, t) -> the network's velocity prediction, in units of sigma_d.
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
+def bcast_time(t: jax.Array, x: jax.Array) -> jax.Array:
     """``t [B]`` reshaped to broadcast against ``x [B, ...]``."""
     return jnp.reshape(t, t.shape + (1,) * (x.ndim - t.ndim))
 
@@ -58,7 +58,7 @@ def sample_time(key: jax.Array, shape: tuple[int, ...], *, p_mean: float, p_std:
 
 def noisy(x0: jax.Array, z: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(x_t, v_t)``: the noised point and its velocity ``dx_t/dt`` (``z`` has std sigma_d)."""
-    c, s = jnp.cos(_bcast(t, x0)), jnp.sin(_bcast(t, x0))
+    c, s = jnp.cos(bcast_time(t, x0)), jnp.sin(bcast_time(t, x0))
     return c * x0 + s * z, c * z - s * x0
 
 
@@ -69,7 +69,7 @@ def velocity(fn: VelocityFn, x_t: jax.Array, t: jax.Array, sigma_d: float) -> ja
 
 def consistency_fn(fn: VelocityFn, x_t: jax.Array, t: jax.Array, sigma_d: float) -> jax.Array:
     """``f(x_t, t) = cos t x_t - sin t sigma_d F(x_t / sigma_d, t)``: the implied clean sample."""
-    c, s = jnp.cos(_bcast(t, x_t)), jnp.sin(_bcast(t, x_t))
+    c, s = jnp.cos(bcast_time(t, x_t)), jnp.sin(bcast_time(t, x_t))
     return c * x_t - s * sigma_d * fn(x_t / sigma_d, t)
 
 
