@@ -33,9 +33,9 @@ TWINS += [f"configs/kd/{m}_digits.py" for m in ("rkd", "pkt", "sp", "cc")]
 TWINS += [f"configs/dataset_distill/{m}_digits.py" for m in ("dc", "dsa", "frepo")]
 # FTD and AST are MTT with other experts: the AST config runs in-process in test_train.py.
 TWINS += [f"configs/dataset_distill/{m}_digits.py" for m in ("ftd", "ast")]
-# The diffusion configs differ only in method and toy data set: scd_ring's smoke runs through
-# the CLI; tests/diffusion/test_train.py runs sCT in-process, and the data sets are tested in
-# tests/diffusion/test_toy.py.
+# The diffusion configs differ only in method and data set: scd_ring's smoke runs through
+# the CLI; tests/diffusion/test_train.py runs sCT (TBCM), and on digits rCM and guided
+# distillation, in-process; the toy data sets are tested in tests/diffusion/test_toy.py.
 TWINS += [p for p in CONFIGS if p.startswith("configs/diffusion/")
           and p != "configs/diffusion/scd_ring.py"]
 SMOKE = [p for p in CONFIGS if p not in TWINS]
@@ -82,10 +82,10 @@ def test_configs_without_a_cli_smoke_pass_every_check_before_training(path):
                      "config.eval.model")
         return
     if path.startswith("configs/diffusion/"):
-        from jaxkd.diffusion import toy, train  # pylint: disable=g-import-not-at-top
+        from jaxkd.diffusion import tasks, train  # pylint: disable=g-import-not-at-top
 
         train.check_config(config)
-        toy.get(config.data.name, **config.data.kwargs.to_dict())
+        train._build_net(config, tasks.get(config.data.name, config.data.kwargs.to_dict()))
         return
     from jaxkd.kd import train  # pylint: disable=g-import-not-at-top
 

@@ -18,15 +18,29 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # scd (distil the teacher's ODE), sct (train on the data's), rcm, dmd2, sds, vsd, cd, ct,
     # progressive
     c.method = method
-    c.data = dict(name=data, kwargs={})  # jaxkd.diffusion.toy: ring, moons, checkerboard
+    digits = data == "sklearn_digits"
+    # jaxkd.diffusion.toy's ring, moons, checkerboard (kwargs: the distribution's fields), or
+    # sklearn_digits (class-conditional; ``data_dir``: where its tfds files are prepared).
+    c.data = dict(name=data, kwargs={}, data_dir="")
     c.sigma_d = 0.0  # data scale; 0 = the data's standard deviation (estimated, recorded)
-    c.model = dict(name="mlp", kwargs=dict(hidden=256, depth=4, emb_dim=128))
+    c.model = (dict(name="unet", kwargs=dict(channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                             emb_dim=128)) if digits
+               else dict(name="mlp", kwargs=dict(hidden=256, depth=4, emb_dim=128)))
+    # Classifier-free guidance (class-conditional data): the teacher's velocity
+    # F_u + scale (F_c - F_u) that students distil and the teacher is evaluated at (1: the
+    # conditional model, no guidance).
+    c.guidance = dict(scale=1.5 if digits else 1.0)
     c.progress = True
     loop = dict(log_every=100, checkpoint_every=1000, on_nonfinite="stop")
     # The diffusion teacher (TrigFlow flow matching, EMA of its weights). ``dir`` "" =
     # workdir/teacher; a directory holding a finished teacher with the same settings is reused.
+    # ``cfg_dropout``: the fraction of labels replaced by the null class (classifier-free
+    # guidance's unconditional model; 0 without classes).
     c.teacher = dict(steps=8000, batch_size=1024, p_mean=-1.2, p_std=1.2, ema=0.999, seed=seed,
-                     optimizer=_adam(1e-3), dir="", **loop)
+                     optimizer=_adam(1e-3), dir="", cfg_dropout=0.0, **loop)
+    if digits:
+        c.teacher.update(dict(steps=6000, batch_size=128, optimizer=_adam(5e-4),
+                              cfg_dropout=0.1))
     # The student (jaxkd.diffusion.scm): initialised from the teacher (sCM's practice) or from
     # scratch; tangent warm-up r = min(1, step / tangent_warmup); tangent normalisation c.
     # ``tbcm``: train sCD at points of the teacher's own DDIM trajectories (image-free).
@@ -34,14 +48,28 @@ def diffusion_config(*, method: str, data: str, seed: int,
                      tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,
                      optimizer=_adam(1e-4),
                      tbcm=dict(enabled=False, num_trajectories=4096, grid_steps=32), **loop)
+    if digits:
+        c.student.update(dict(steps=2000, batch_size=128, tangent_warmup=500))
     # rCM (method "rcm"): sCD + ``weight`` x DMD on the student's own samples (backward
     # simulation with a step count drawn from ``sim_steps``; ``batch_size`` samples), a fake
     # score initialised from the teacher and trained ``fake_steps`` times per student step;
     # DMD's noise times lognormal (p_mean, p_std).
     # The same block drives dmd2 (DMD alone) and sds / vsd (score distillation; weighting of
     # the noise-space gradient ``sds_weighting``: sigma2 = sin^2 t, or uniform).
+    # ``snoopi``: SNOOPI's random guidance (class-conditional data; sds, vsd, dmd2, rcm): each
+    # step draws one scale uniform on [scale_min, scale_max] for the teacher's score and, with
+    # a fake score, for it too (then trained with the teacher's label dropout so its
+    # unconditional branch exists); off: both at guidance.scale, the fake unguided.
     c.rcm = dict(weight=0.01, fake_steps=5, sim_steps=(1, 2, 4), batch_size=256,
-                 p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4), sds_weighting="sigma2")
+                 p_mean=-1.0, p_std=1.4, fake_optimizer=_adam(1e-4), sds_weighting="sigma2",
+                 snoopi=dict(enabled=False, scale_min=2.0, scale_max=5.0),
+                 gan=dict(enabled=False, gen_weight=3e-3, disc_weight=1e-2))
+    if digits:
+        c.rcm.batch_size = 64
+    # ``gan`` (dmd2 only): DMD2's GAN head on the fake score's bottleneck features; the fake
+    # score and head learn ``disc_weight`` x the logistic real/fake loss (noised real data vs
+    # noised student samples) with their diffusion loss, the student ``gen_weight`` x the
+    # non-saturating loss (DMD2's ImageNet weights 1e-2 and 3e-3).
     # Discrete consistency (methods "cd", "ct"; jaxkd.diffusion.discrete_cm): CD on a fixed
     # ``num_steps`` grid (the teacher's Euler step between neighbours), CT with iCT's curriculum
     # (grid doubling from ``s0`` to ``s1`` steps); pairs drawn lognormal (p_mean, p_std) in sigma.
@@ -50,14 +78,24 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # DDIM steps (its Karras grid) down to 1, ``steps_per_round`` student updates each (the
     # student's batch, optimiser and seed from config.student).
     c.progressive = dict(start_steps=64, steps_per_round=1000)
+    # Guided distillation (method "guided", class-conditional data; Meng et al. 2023): first a
+    # student taking the guidance scale as an input learns the teacher's guided velocity for
+    # scales uniform on [scale_min, scale_max] (``steps`` updates; the student's batch,
+    # optimiser and seed), then progressive distillation of it as above, each round drawing
+    # the scale per example. Evaluated at guidance.scale, which must lie in the range.
+    c.guided = dict(scale_min=1.0, scale_max=3.0, steps=2000)
     # Evaluation: the teacher's ODE sampler at each step count, the student's consistency
     # sampling at each step count (first step from t_max, then the listed intermediate times:
     # sCM's 2-step time 1.1), metrics on ``num_samples`` samples against fresh true samples.
-    c.eval = dict(seed=seed + 1000, num_samples=10_000, sampler="heun",
+    # Digits: fd and class_acc from an in-project classifier trained once into
+    # ``classifier_dir`` ("" = workdir/classifier), ``num_samples`` balanced over the classes.
+    c.eval = dict(seed=seed + 1000, num_samples=2000 if digits else 10_000, sampler="heun",
                   teacher_steps=(1, 2, 4, 8, 16, 32, 64), student_steps=(1, 2, 4),
-                  student_times={"2": (1.1,), "4": (1.3, 1.1, 0.8)})
+                  student_times={"2": (1.1,), "4": (1.3, 1.1, 0.8)}, classifier_dir="")
     if smoke:
-        c.model.kwargs = dict(hidden=32, depth=2, emb_dim=16)
+        c.model.kwargs = (dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, emb_dim=16)
+                          if digits else dict(hidden=32, depth=2, emb_dim=16))
+        c.guided.steps = 5
         c.student.weight_emb_dim = 16
         for node, steps in ((c.teacher, 30), (c.student, 10)):
             node.update(dict(steps=steps, batch_size=64, log_every=5, checkpoint_every=10))
@@ -104,20 +142,35 @@ _TEXT = {
     "progressive": (35, "Progressive distillation: students of 32, 16, ..., 1 DDIM steps, each "
                         "from the last, matching two of its steps with one (closed-form target, "
                         "loss max(|x0 - x0~|^2, |eps - eps~|^2))"),
+    "guided": (60, "Guided distillation: a student taking the guidance scale as an input learns "
+                   "the teacher's classifier-free-guided velocity for scales in [1, 3], then "
+                   "progressive distillation of it down to 1 step (class-conditional data only)"),
 }
 
 
 def doc(method: str, data: str) -> str:
     """The docstring of ``configs/diffusion/<method>_<data>.py``: its command first."""
     minutes, what = _TEXT[method]
-    text = (f"{what}. Data: the toy 2-D distribution ``{data}`` (known "
-            "density). Trains the TrigFlow diffusion teacher first (or reuses "
-            "``--config.teacher.dir``), then the student, and reports the teacher at 1-64 ODE "
-            "steps and the student at 1, 2 and 4 steps (sliced Wasserstein distance, MMD, mean "
-            "log-density under the true density, mode coverage).")
-    return (f"python -m experiments.diffusion --config configs/diffusion/{method}_{data}.py "
-            f"--workdir runs/diffusion/{method}_{data}  # ~{minutes} min on a 2-core CPU "
-            f"(20 of them training the teacher)\n\n{textwrap.fill(text, 96)}\n\n"
+    if data == "sklearn_digits":
+        short, teacher_min = "digits", 25
+        text = (f"{what}. Data: scikit-learn's 8x8 digits, class-conditional (a GroupNorm UNet "
+                "teacher trained with 10% label dropout; students distil it at classifier-free "
+                "guidance scale 1.5). Trains the teacher first (or reuses "
+                "``--config.teacher.dir``), then the student, and reports the teacher at 1-64 "
+                "ODE steps and the student at 1, 2 and 4 steps: Frechet distance on the features "
+                "of an in-project digits classifier, and how often it recognises the requested "
+                "class.")
+    else:
+        short, teacher_min = data, 20
+        text = (f"{what}. Data: the toy 2-D distribution ``{data}`` (known "
+                "density). Trains the TrigFlow diffusion teacher first (or reuses "
+                "``--config.teacher.dir``), then the student, and reports the teacher at 1-64 ODE "
+                "steps and the student at 1, 2 and 4 steps (sliced Wasserstein distance, MMD, "
+                "mean log-density under the true density, mode coverage).")
+    return (f"python -m experiments.diffusion --config configs/diffusion/{method}_{short}.py "
+            f"--workdir runs/diffusion/{method}_{short}  # ~{minutes + teacher_min - 20} min on a "
+            f"2-core CPU ({teacher_min} of them training the teacher)\n\n"
+            f"{textwrap.fill(text, 96)}\n\n"
             "Args after the colon (comma-separated, all optional):\n"
             "  seed=N     seed (default 0).\n"
             "  smoke      tiny and fast (tests).\n")

@@ -131,7 +131,9 @@ def shapes_signature(tree: Any) -> dict[str, list[int]]:
 def check_meta(found: dict, expected: dict, directory: str,
                keys=("model", "model_kwargs", "num_classes", "teacher_sha256",
                      "teacher_cache", "distill")) -> None:
-    """Raises :class:`CheckpointMismatchError` if ``found`` differs from ``expected`` on ``keys``."""
+    """Raises :class:`CheckpointMismatchError` if ``found`` differs from ``expected`` on ``keys``
+    (tuples and lists compare equal: the saved metadata went through JSON)."""
+    found, expected = _lists(found), _lists(expected)
     diffs = [k for k in keys if found.get(k) != expected.get(k)]
     if not diffs and found.get("param_shapes") != expected.get("param_shapes"):
         diffs = ["param_shapes"]
@@ -144,6 +146,15 @@ def check_meta(found: dict, expected: dict, directory: str,
             f"{directory} holds a checkpoint that does not match this config ({detail}). Use a fresh "
             f"--workdir, or delete {directory} to start this run over."
         )
+
+
+def _lists(obj: Any) -> Any:
+    """``obj`` with every tuple (at any depth, inside dicts and lists) turned into a list."""
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
 
 
 def _describe_diff(key: str, found: Any, expected: Any) -> str:

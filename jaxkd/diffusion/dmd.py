@@ -16,6 +16,10 @@ score, puts the clean data. The fake network learns the diffusion loss on ``sg(x
 
 Score distillation (SDS, VSD) uses the same surrogate with the direction
 ``w(t) (z_teacher - z_ref) / sigma_d`` in noise space (:func:`score_direction`).
+
+DMD2's optional GAN head classifies noised real data against noised generator samples from the
+fake network's bottleneck features; the classifier (head and fake network) learns the logistic
+loss :func:`gan_discriminator_loss`, the generator the non-saturating :func:`gan_generator_loss`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import jax.numpy as jnp
 
 from jaxkd.diffusion.trigflow import bcast_time
 
-__all__ = ["dmd_direction", "dmd_loss", "noise_prediction", "score_direction", "surrogate_loss"]
+__all__ = ["dmd_direction", "dmd_loss", "gan_discriminator_loss", "gan_generator_loss",
+           "noise_prediction", "score_direction", "surrogate_loss"]
 
 
 def dmd_direction(x0: jax.Array, f_real: jax.Array, f_fake: jax.Array,
@@ -70,3 +75,13 @@ def score_direction(z_real: jax.Array, z_ref: jax.Array, t: jax.Array, sigma_d: 
     tb = bcast_time(t, z_real)
     w = jnp.square(jnp.sin(tb)) if weighting == "sigma2" else jnp.ones_like(tb)
     return w * (z_real - z_ref).astype(jnp.float32) / sigma_d
+
+
+def gan_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """``mean softplus(-D(real)) + mean softplus(D(fake))``: real labelled 1, fake 0."""
+    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def gan_generator_loss(fake_logits: jax.Array) -> jax.Array:
+    """The non-saturating generator loss ``mean softplus(-D(G(z)))``."""
+    return jnp.mean(jax.nn.softplus(-fake_logits))

@@ -52,8 +52,16 @@ def karras_times(num_steps: int, sigma_d: float, *, sigma_min: float = 0.002,
 
 def guided(cond: VelocityFn, uncond: VelocityFn, scale: float | jax.Array) -> VelocityFn:
     """Classifier-free guidance ``F_u + scale (F_c - F_u)`` (scale 1 = conditional; Meng et al.'s
-    ``(1 + w) F_c - w F_u`` is ``scale = 1 + w``)."""
-    return lambda x, t: uncond(x, t) + scale * (cond(x, t) - uncond(x, t))
+    ``(1 + w) F_c - w F_u`` is ``scale = 1 + w``). ``scale``: a number or one per example
+    ``[B]``."""
+
+    def fn(x, t):
+        f_c, f_u = cond(x, t), uncond(x, t)
+        w = jnp.asarray(scale, jnp.float32)
+        w = jnp.reshape(w, w.shape + (1,) * (f_c.ndim - w.ndim)) if w.ndim else w
+        return f_u + w * (f_c - f_u)
+
+    return fn
 
 
 def _full(t: jax.Array, x: jax.Array) -> jax.Array:

@@ -1,5 +1,5 @@
 """``train_and_evaluate(config, workdir)``: a diffusion teacher, a few-step student, and both
-evaluated on toy 2-D data with known densities.
+evaluated, on toy 2-D data with known densities or on the 8x8 digits by class.
 
 Sections: data -> teacher (trained when missing, reused when its settings match) -> student
 (sCD: consistency distillation along the teacher's ODE; sCT: consistency training along the
@@ -7,14 +7,18 @@ data's; rCM: sCD plus DMD on the student's own samples, with a fake score; DMD2:
 distribution-matching term alone, fake score updated several times per student step; SDS/VSD:
 score distillation on the student as a generator (VSD with the fake score); CD/CT:
 discrete-time consistency distillation/training with iCT's improvements; progressive:
-students of halving step counts, each matching two steps of the last) -> evaluation (teacher at 1..64 ODE steps, student at 1, 2, 4 consistency steps) ->
-outputs:
+students of halving step counts, each matching two steps of the last; guided: a student
+taking the guidance scale as an input, then progressive distillation of it) -> evaluation
+(teacher at 1..64 ODE steps, student at 1, 2, 4 steps) -> outputs:
 
 - ``results.json``: ``teacher/steps_<n>/<metric>`` and ``student/steps_<n>/<metric>`` with
-  metrics ``swd``, ``mmd``, ``logdensity``, ``mode_coverage`` (jaxkd.diffusion.metrics), and
-  the training losses, ``sigma_d``, wall times.
-- ``samples.npz``: ``samples`` ``[10000, 2]``, the student's one-step samples.
-- ``samples.png`` (scatter plots: data, teacher and student at several step counts),
+  metrics ``swd``, ``mmd``, ``logdensity``, ``mode_coverage``, ``off_mode`` (2-D data,
+  jaxkd.diffusion.metrics) or ``fd``, ``class_acc`` (digits, jaxkd.diffusion.image_metrics),
+  and the training losses, ``sigma_d``, wall times.
+- ``samples.npz``: ``samples``, the student's fewest-step samples: ``[10000, 2]`` for 2-D data;
+  for digits ``[N, 8, 8, 1]`` pixels 0..16 (the data set's layout) and ``labels`` ``[N]``.
+- ``samples.png`` (scatter plots or image grids: data, teacher and student at several step
+  counts),
   ``teacher_curves.png`` / ``student_curves.png``, ``metrics.jsonl``, TensorBoard events,
   Orbax checkpoints of both runs (each resumes after an interruption), a results table.
 """
@@ -35,30 +39,32 @@ import optax
 
 from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop, metrics, report
-from jaxkd.diffusion import metrics as metrics_lib
-from jaxkd.diffusion import discrete_cm, dmd, progressive, samplers, scm, toy, trigflow, viz
-from jaxkd.models.denoisers import AdaptiveWeight, MLPDenoiser
+from jaxkd.diffusion import discrete_cm, dmd, progressive, samplers, scm, tasks, trigflow, viz
+from jaxkd.models.denoisers import AdaptiveWeight, GANHead, MLPDenoiser, UNet, bottleneck
 
 __all__ = ["METHODS", "check_config", "train_and_evaluate"]
 
-METHODS = ("scd", "sct", "rcm", "dmd2", "sds", "vsd", "cd", "ct", "progressive")
-DENOISERS = {"mlp": MLPDenoiser}
+METHODS = ("scd", "sct", "rcm", "dmd2", "sds", "vsd", "cd", "ct", "progressive", "guided")
+DENOISERS = {"mlp": MLPDenoiser, "unet": UNet}
 # Settings that do not change what a run computes (a run may resume, or be extended with more
 # ``steps``, under other values).
 _LOOP_KEYS = ("log_every", "checkpoint_every", "on_nonfinite")
-_TABLE_METRICS = ("swd", "mmd", "logdensity", "mode_coverage", "off_mode")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises :class:`ConfigError` naming the key for a config that cannot work."""
     if config.method not in METHODS:
         raise errors.ConfigError(f"config.method={config.method!r}; valid: {', '.join(METHODS)}")
-    if config.data.name not in toy.DISTRIBUTIONS:
+    if config.data.name not in tasks.TASKS:
         raise errors.ConfigError(f"config.data.name={config.data.name!r}; valid: "
-                                 f"{', '.join(sorted(toy.DISTRIBUTIONS))}")
+                                 f"{', '.join(tasks.TASKS)}")
     if config.model.name not in DENOISERS:
         raise errors.ConfigError(f"config.model.name={config.model.name!r}; valid: "
                                  f"{', '.join(DENOISERS)}")
+    for key in ("num_classes", "guidance_input"):
+        if key in config.model.kwargs:
+            raise errors.ConfigError(f"config.model.kwargs.{key} is set by the driver (from the "
+                                     "data and the method); remove it")
     for key in ("eval.teacher_steps", "eval.student_steps"):
         steps = config.eval[key.split(".")[1]]
         if not steps or min(steps) < 1:
@@ -80,6 +86,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.sigma_d < 0:
         raise errors.ConfigError(f"config.sigma_d={config.sigma_d} must be > 0 (0: the data's "
                                  "standard deviation, estimated from 10,000 samples)")
+    _check_guidance(config)
     s = config.student
     if s.init not in ("teacher", "scratch"):
         raise errors.ConfigError(f"config.student.init={s.init!r}; valid: teacher, scratch")
@@ -92,10 +99,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 raise errors.ConfigError(
                     f"config.rcm.sim_steps={tuple(config.rcm.sim_steps)}: each count needs "
                     "config.eval.student_times['<n>'] (the times of its steps) and must be >= 1")
+        sn = config.rcm.snoopi
+        if sn.enabled and not (config.data.name == "sklearn_digits" and 0 < sn.scale_min
+                               <= sn.scale_max and config.teacher.cfg_dropout):
+            raise errors.ConfigError(
+                f"config.rcm.snoopi: random guidance scales in [{sn.scale_min}, {sn.scale_max}] "
+                "need class-conditional data, a teacher trained with cfg_dropout > 0 and "
+                "0 < scale_min <= scale_max")
         if config.rcm.fake_steps < 1 or config.rcm.weight < 0:
             raise errors.ConfigError(f"config.rcm.fake_steps={config.rcm.fake_steps} must be >= 1 "
                                      f"and config.rcm.weight={config.rcm.weight} >= 0")
-    if config.method == "progressive":
+    if config.method in ("progressive", "guided"):
         start = config.progressive.start_steps
         if start < 2 or start & (start - 1):
             raise errors.ConfigError(f"config.progressive.start_steps={start} must be a power "
@@ -105,6 +119,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise errors.ConfigError(
                 f"config.eval.student_steps has {bad}: progressive distillation makes students "
                 f"of 1, 2, 4, ... {start // 2} steps")
+    if config.rcm.gan.enabled and config.method != "dmd2":
+        raise errors.ConfigError(f"config.rcm.gan.enabled=True is DMD2's GAN head; "
+                                 f"config.method={config.method!r} (use dmd2)")
+    if config.rcm.snoopi.enabled and config.method not in ("rcm", "dmd2", "sds", "vsd"):
+        raise errors.ConfigError(f"config.rcm.snoopi.enabled=True guides the scores of "
+                                 f"rcm/dmd2/sds/vsd; config.method={config.method!r}")
     if s.tbcm.enabled and config.method != "scd":
         raise errors.ConfigError(f"config.student.tbcm.enabled=True trains sCD on the teacher's "
                                  f"trajectories; config.method={config.method!r} (use scd)")
@@ -113,9 +133,80 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                  f"tangent_norm={s.tangent_norm} must be >= 0")
 
 
+def _check_guidance(config: ml_collections.ConfigDict) -> None:
+    """Classifier-free guidance needs class labels, a teacher trained with label dropout and,
+    for guided distillation, a scale inside the range the student was trained on."""
+    conditional = config.data.name == "sklearn_digits"
+    scale, dropout = config.guidance.scale, config.teacher.cfg_dropout
+    if not 0 <= dropout < 1:
+        raise errors.ConfigError(f"config.teacher.cfg_dropout={dropout} must be in [0, 1) (the "
+                                 "fraction of labels replaced by the null class)")
+    if not conditional and (dropout or scale != 1):
+        raise errors.ConfigError(
+            f"config.data.name={config.data.name!r} has no classes: classifier-free guidance "
+            f"needs labels (config.guidance.scale={scale} must be 1, config.teacher.cfg_dropout="
+            f"{dropout} 0)")
+    if scale != 1 and not dropout:
+        raise errors.ConfigError(
+            f"config.guidance.scale={scale} needs the unconditional model, but the teacher never "
+            "saw the null class (config.teacher.cfg_dropout=0): set it > 0 (0.1 is usual) or "
+            "guidance.scale=1")
+    if config.method == "guided":
+        if not conditional:
+            raise errors.ConfigError("config.method='guided' distils classifier-free guidance: "
+                                     "it needs class-conditional data (sklearn_digits)")
+        lo, hi = config.guided.scale_min, config.guided.scale_max
+        if not 0 <= lo <= hi:
+            raise errors.ConfigError(f"config.guided.scale_min={lo}, scale_max={hi}: need "
+                                     "0 <= scale_min <= scale_max")
+        check_scale_in_range(scale, lo, hi, "config.guidance.scale")
+
+
+def check_scale_in_range(scale: float, lo: float, hi: float, what: str = "guidance scale"
+                         ) -> None:
+    """Refuses a guidance scale outside a w-conditioned student's trained range."""
+    if not lo <= scale <= hi:
+        raise errors.ConfigError(
+            f"{what}={scale} is outside the range the guidance-conditioned student was trained "
+            f"on, [{lo}, {hi}] (config.guided.scale_min/scale_max); its output there is an "
+            "extrapolation. Evaluate inside the range or retrain with a wider one")
+
+
 def _intermediate_times(config: ml_collections.ConfigDict, n: int) -> list[float]:
     """The times of consistency steps 2..n (``config.eval.student_times['<n>']``)."""
     return [float(t) for t in config.eval.student_times.get(str(n), ())]
+
+
+# --------------------------------------------------------------------------------- networks
+def _velocity(net, params, labels=None, guidance=None):
+    """The network's velocity function ``(x, t) -> F`` at fixed labels (and guidance input)."""
+    args = () if labels is None else (labels,) if guidance is None else (labels, guidance)
+    return lambda x, t: net.apply(params, x, t, *args)
+
+
+def _cfg_velocity(net, params, labels, scale, num_classes: int):
+    """The teacher's velocity with classifier-free guidance at ``scale`` (a number or ``[B]``;
+    scale 1 or no labels: the conditional / unconditional network itself)."""
+    cond = _velocity(net, params, labels)
+    if labels is None or (isinstance(scale, (int, float)) and scale == 1):
+        return cond
+    return samplers.guided(cond, _velocity(net, params, jnp.full_like(labels, num_classes)),
+                           scale)
+
+
+def _init_params(net, task, seed: int, guidance: bool = False):
+    args = (jnp.zeros(1, jnp.int32),) if task.num_classes else ()
+    args += (jnp.ones(1),) if guidance else ()
+    return net.init(jax.random.key(seed), jnp.zeros((1, *task.shape)), jnp.ones(1), *args)
+
+
+def _model_meta(config, task, guidance: bool = False) -> dict:
+    meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict()}
+    if task.num_classes:  # recorded only for conditional data (older 2-D checkpoints lack it)
+        meta["num_classes"] = task.num_classes
+    if guidance:
+        meta["guidance_input"] = True
+    return meta
 
 
 # ---------------------------------------------------------------------------------- training
@@ -147,15 +238,31 @@ def _guarded(state: dict, new: dict, loss: jax.Array, grads: Any) -> tuple[dict,
                                                                 "grad_norm": grad_norm}
 
 
-def train_teacher(config, dist, net, sigma_d: float, directory: str, writer,
+def _settings(node: ml_collections.ConfigDict, drop: tuple[str, ...]) -> dict:
+    out = {k: v for k, v in node.to_dict().items() if k not in (*drop, *_LOOP_KEYS)}
+    if not out.get("cfg_dropout", 1):  # recorded only when used (older teachers lack it)
+        del out["cfg_dropout"]
+    return out
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, num_classes: int) -> jax.Array:
+    """Classifier-free guidance's label dropout: each label replaced by the null class
+    ``num_classes`` with probability ``rate``."""
+    return jnp.where(jax.random.bernoulli(key, rate, labels.shape), num_classes, labels)
+
+
+def train_teacher(config, task, net, sigma_d: float, directory: str, writer,
                   progress: bool) -> dict:
-    """The diffusion teacher's (EMA) parameters, trained or restored from ``directory``."""
+    """The diffusion teacher's (EMA) parameters, trained or restored from ``directory``.
+
+    With class labels, a fraction ``cfg_dropout`` of them is replaced by the null class (id
+    ``num_classes``), so the same network is the unconditional model classifier-free guidance
+    needs."""
     tc = config.teacher
     tx = _adam(tc.optimizer)
-    x_init = jnp.zeros((1, 2))
 
     def init_state():
-        params = net.init(jax.random.key(tc.seed), x_init, jnp.ones(1))
+        params = _init_params(net, task, tc.seed)
         return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
             jax.random.key(tc.seed + 1)), "nonfinite": loop.init_nonfinite(),
             "params": params, "ema": params, "opt": tx.init(params)}
@@ -163,13 +270,15 @@ def train_teacher(config, dist, net, sigma_d: float, directory: str, writer,
     @jax.jit
     def step(state):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        k_x, k_l = jax.random.split(key)
-        x0 = dist.sample(k_x, tc.batch_size)
+        k_x, k_l, k_drop = jax.random.split(key, 3)
+        x0, labels = task.sample(k_x, tc.batch_size)
+        if labels is not None and tc.cfg_dropout:
+            labels = drop_labels(k_drop, labels, tc.cfg_dropout, task.num_classes)
 
         def loss_fn(params):
-            fn = lambda x, t: net.apply(params, x, t)
-            return jnp.mean(trigflow.diffusion_loss(fn, x0, k_l, sigma_d=sigma_d,
-                                                    p_mean=tc.p_mean, p_std=tc.p_std))
+            return jnp.mean(trigflow.diffusion_loss(_velocity(net, params, labels), x0, k_l,
+                                                    sigma_d=sigma_d, p_mean=tc.p_mean,
+                                                    p_std=tc.p_std))
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -178,24 +287,27 @@ def train_teacher(config, dist, net, sigma_d: float, directory: str, writer,
         new = {**state, "params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}
         return _guarded(state, new, loss, grads)
 
-    meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
+    meta = {**_model_meta(config, task),
             "distill": {"role": "teacher", "data": config.data.to_dict(), "sigma_d": sigma_d,
-                        "settings": {k: v for k, v in tc.to_dict().items()
-                                     if k not in ("dir", "steps", *_LOOP_KEYS)}}}
+                        "settings": _settings(tc, ("dir", "steps"))}}
     state = _fit("teacher", directory, init_state, step, tc.steps, meta, writer, tc, progress)
     return jax.device_get(state["ema"])
 
 
-def train_student(config, dist, net, teacher_params, sigma_d: float, directory: str, writer,
+def train_student(config, task, net, teacher_params, sigma_d: float, directory: str, writer,
                   progress: bool) -> dict:
-    """The few-step student by sCD (``config.method == "scd"``), sCT, or rCM (sCD plus the
-    DMD regulariser on the student's own samples, with a fake score trained alongside)."""
+    """The few-step student by sCD (``config.method == "scd"``), sCT, rCM (sCD plus the DMD
+    regulariser on the student's own samples, with a fake score trained alongside), DMD2,
+    SDS/VSD, or discrete CD/CT. With class labels the student is conditional and distils the
+    teacher at guidance ``config.guidance.scale``."""
     sc = config.student
     weight_net = AdaptiveWeight(emb_dim=sc.weight_emb_dim)
     tx = _adam(sc.optimizer)
     distill = config.method in ("scd", "rcm", "dmd2", "cd", "sds", "vsd")
     discrete = config.method in ("cd", "ct")  # discrete-time consistency (iCT's improvements)
     dc = config.discrete
+    scale, num_classes = float(config.guidance.scale), task.num_classes
+    teacher_fn = lambda params, labels: _cfg_velocity(net, params, labels, scale, num_classes)
 
     def sigmas_at(step: int) -> np.ndarray | None:
         """The discrete methods' noise grid at ``step`` (None for the others)."""
@@ -209,6 +321,9 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
     # (sds; vsd with a fake score). All but sds train a fake score alongside.
     rcm = config.method in ("rcm", "dmd2", "sds", "vsd")
     uses_fake = rcm and config.method != "sds"
+    snoopi = rcm and config.rcm.snoopi.enabled
+    gan = config.method == "dmd2" and config.rcm.gan.enabled
+    head_net = GANHead()
     # DMD2: the distribution-matching term alone; CD/CT: the discrete consistency loss instead.
     consistency = config.method not in ("dmd2", "cd", "ct", "sds", "vsd")
     rc = config.rcm
@@ -220,78 +335,128 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
 
     # TBCM: sCD trained at points of the teacher's own sampling trajectories (no data): a pool
     # of ``tbcm.num_trajectories`` DDIM trajectories on the teacher's Karras grid, made once
-    # from the seed (so a resumed run has the same pool).
+    # from the seed (so a resumed run has the same pool); with classes, balanced labels.
     tbcm = sc.tbcm.enabled
     pool = None
     if tbcm:
         grid = jnp.asarray(samplers.karras_times(sc.tbcm.grid_steps, sigma_d))
-        z_pool = sigma_d * jax.random.normal(jax.random.key(sc.seed + 3),
-                                             (sc.tbcm.num_trajectories, 2))
-        pool = jax.jit(lambda tp: trajectory_points(_velocity(net, tp), z_pool, grid,
+        n_traj = sc.tbcm.num_trajectories
+        z_pool = sigma_d * jax.random.normal(jax.random.key(sc.seed + 3), (n_traj, *task.shape))
+        pool_labels = task.eval_labels(n_traj)
+        pool_labels = None if pool_labels is None else jnp.asarray(pool_labels)
+        pool = jax.jit(lambda tp: trajectory_points(teacher_fn(tp, pool_labels), z_pool, grid,
                                                     sigma_d))(teacher_params)
+        if pool_labels is not None:  # trajectory_points orders points time-major
+            pool = (*pool, jnp.tile(pool_labels, sc.tbcm.grid_steps))
 
     def init_state():
-        params = (teacher_params if sc.init == "teacher"
-                  else net.init(jax.random.key(sc.seed), jnp.zeros((1, 2)), jnp.ones(1)))
+        params = teacher_params if sc.init == "teacher" else _init_params(net, task, sc.seed)
         trainable = {"F": params, "w": weight_net.init(jax.random.key(sc.seed + 2), jnp.ones(1))}
         state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
             jax.random.key(sc.seed + 1)), "nonfinite": loop.init_nonfinite(),
             "params": trainable, "opt": tx.init(trainable)}
         if uses_fake:  # the fake score starts as the teacher
             state.update(fake=teacher_params, fake_opt=fake_tx.init(teacher_params))
+        if gan:
+            x, lab = task.sample(jax.random.key(0), 1)
+            feats = bottleneck(net, teacher_params, x, jnp.ones(1),
+                               *(() if lab is None else (lab,)))
+            head = head_net.init(jax.random.key(sc.seed + 4), feats)
+            state.update(head=head, head_opt=fake_tx.init(head))
         return state
 
-    def simulate(params, key):
-        """Student samples ``[B, 2]`` by backward simulation (gradient through the last step)."""
-        k_n, k_z, k_s = jax.random.split(key, 3)
-        z = sigma_d * jax.random.normal(k_z, (rc.batch_size, 2))
+    def gan_logits(fake_p, head_p, x0, labels, key):
+        """The GAN head's real/fake logits ``[B]`` for ``x0`` noised at lognormal times."""
+        k_t, k_z = jax.random.split(key)
+        t = trigflow.sample_time(k_t, x0.shape[:1], p_mean=rc.p_mean, p_std=rc.p_std,
+                                 sigma_d=sigma_d)
+        x_t, _ = trigflow.noisy(x0, sigma_d * jax.random.normal(k_z, x0.shape), t)
+        feats = bottleneck(net, fake_p, x_t / sigma_d, t, *(() if labels is None else (labels,)))
+        return head_net.apply(head_p, feats)
 
-        def branch(times):
-            def run(p):
-                fn_sg = _velocity(net, jax.lax.stop_gradient(p))
-                x_t, t = z, times[0]
-                for i, t_next in enumerate(times[1:]):
-                    x0 = samplers.consistency_sample(fn_sg, x_t, [t], jax.random.fold_in(k_s, i),
-                                                     sigma_d=sigma_d)
-                    noise = sigma_d * jax.random.normal(jax.random.fold_in(k_s, 100 + i), z.shape)
-                    x_t, t = jnp.cos(t_next) * x0 + jnp.sin(t_next) * noise, t_next
-                return samplers.consistency_sample(_velocity(net, p), x_t, [t], k_s,
-                                                   sigma_d=sigma_d)
-            return run
+    def sim_index_at(step: int) -> int:
+        """Which of ``rcm.sim_steps`` backward simulation uses at ``step``: drawn on the host
+        from (seed, step), so a resumed run draws the same, and each count is its own compiled
+        program (a ``lax.switch`` around the network ran ~8x slower on XLA:CPU)."""
+        if not rcm or len(sim_times) == 1:
+            return 0
+        return int(np.random.default_rng([sc.seed, step]).integers(len(sim_times)))
 
-        n = jax.random.randint(k_n, (), 0, len(sim_times))
-        return jax.lax.switch(n, [branch(times) for times in sim_times], params)
+    def simulate(params, key, sim_index):
+        """Student samples ``[B, ...]`` by backward simulation in ``rcm.sim_steps[sim_index]``
+        steps (gradient through the last step) and their labels (uniform; None without
+        classes)."""
+        _, k_z, k_s, k_y = jax.random.split(key, 4)
+        z = sigma_d * jax.random.normal(k_z, (rc.batch_size, *task.shape))
+        labels = (jax.random.randint(k_y, (rc.batch_size,), 0, num_classes) if num_classes
+                  else None)
+        times = sim_times[sim_index]
+        fn_sg = _velocity(net, jax.lax.stop_gradient(params), labels)
+        x_t, t = z, times[0]
+        for i, t_next in enumerate(times[1:]):
+            x0 = samplers.consistency_sample(fn_sg, x_t, [t], jax.random.fold_in(k_s, i),
+                                             sigma_d=sigma_d)
+            noise = sigma_d * jax.random.normal(jax.random.fold_in(k_s, 100 + i), z.shape)
+            x_t, t = jnp.cos(t_next) * x0 + jnp.sin(t_next) * noise, t_next
+        return samplers.consistency_sample(_velocity(net, params, labels), x_t, [t], k_s,
+                                           sigma_d=sigma_d), labels
 
-    @jax.jit
-    def step(state, teacher_params, sigmas, pool):
+    @functools.partial(jax.jit, static_argnums=(4,))
+    def step(state, teacher_params, sigmas, pool, sim_index):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         k_x, k_l, k_sim, k_fake, k_dmd = jax.random.split(key, 5)
-        x0 = dist.sample(k_x, sc.batch_size)
+        x0, labels = task.sample(k_x, sc.batch_size)
         points = None
         if tbcm:
             idx = jax.random.randint(k_x, (sc.batch_size,), 0, pool[1].shape[0])
             points = (pool[0][idx], pool[1][idx])
+            labels = pool[2][idx] if num_classes else None
         r = (jnp.minimum(1.0, state["step"].astype(jnp.float32) / sc.tangent_warmup)
              if sc.tangent_warmup else 1.0)
         teacher_p = jax.lax.stop_gradient(teacher_params)
-        teacher = _velocity(net, teacher_p) if distill else None
+        teacher = teacher_fn(teacher_p, labels) if distill else None
         extra, fake = {}, None
         if uses_fake:
             # The fake score learns the diffusion loss on the student's current samples.
-            samples = jax.lax.stop_gradient(simulate(state["params"]["F"], k_sim))
+            samples, sim_labels = simulate(state["params"]["F"], k_sim, sim_index)
+            samples = jax.lax.stop_gradient(samples)
+            fake_labels = sim_labels
+            if snoopi:  # the fake's unconditional branch is trained too (label dropout)
+                fake_labels = drop_labels(jax.random.fold_in(k_fake, 1001), sim_labels,
+                                          config.teacher.cfg_dropout, num_classes)
             fake, fake_opt = state["fake"], state["fake_opt"]
+            head, head_opt = (state["head"], state["head_opt"]) if gan else (None, None)
+            if gan:
+                real_x0, real_labels = task.sample(jax.random.fold_in(k_fake, 1002),
+                                                   rc.batch_size)
+
+            def fake_loss_fn(fh, i):
+                fp, hp = fh
+                k_i = jax.random.fold_in(k_fake, i)
+                loss = jnp.mean(trigflow.diffusion_loss(
+                    _velocity(net, fp, fake_labels), samples, k_i, sigma_d=sigma_d,
+                    p_mean=rc.p_mean, p_std=rc.p_std))
+                d_loss = jnp.zeros(())
+                if gan:  # the classifier: noised real data (1) against student samples (0)
+                    d_loss = dmd.gan_discriminator_loss(
+                        gan_logits(fp, hp, real_x0, real_labels, jax.random.fold_in(k_i, 1)),
+                        gan_logits(fp, hp, samples, sim_labels, jax.random.fold_in(k_i, 2)))
+                return loss + rc.gan.disc_weight * d_loss, (loss, d_loss)
+
             for i in range(rc.fake_steps):
-                f_loss, f_grads = jax.value_and_grad(lambda fp: jnp.mean(trigflow.diffusion_loss(
-                    _velocity(net, fp), samples, jax.random.fold_in(k_fake, i),
-                    sigma_d=sigma_d, p_mean=rc.p_mean, p_std=rc.p_std)))(fake)
-                f_updates, fake_opt = fake_tx.update(f_grads, fake_opt, fake)
+                (_, (f_loss, d_loss)), (g_fake, g_head) = jax.value_and_grad(
+                    fake_loss_fn, has_aux=True)((fake, head), i)
+                f_updates, fake_opt = fake_tx.update(g_fake, fake_opt, fake)
                 fake = optax.apply_updates(fake, f_updates)
-            extra = {"fake_loss": f_loss}
+                if gan:
+                    h_updates, head_opt = fake_tx.update(g_head, head_opt, head)
+                    head = optax.apply_updates(head, h_updates)
+            extra = {"fake_loss": f_loss, **({"gan_d": d_loss} if gan else {})}
 
         def loss_fn(p):
             loss, terms = jnp.zeros(()), {}
             if consistency:
-                per, terms = scm.scm_loss(lambda x, t: net.apply(p["F"], x, t),
+                per, terms = scm.scm_loss(_velocity(net, p["F"], labels),
                                           lambda t: weight_net.apply(p["w"], t), x0, k_l,
                                           sigma_d=sigma_d, p_mean=sc.p_mean, p_std=sc.p_std, r=r,
                                           teacher=teacher, tangent_norm=sc.tangent_norm,
@@ -299,30 +464,44 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                 loss = jnp.mean(per)
             if discrete:
                 loss = jnp.mean(discrete_cm.discrete_cm_loss(
-                    lambda x, t: net.apply(p["F"], x, t), x0, k_l, sigmas, sigma_d=sigma_d,
+                    _velocity(net, p["F"], labels), x0, k_l, sigmas, sigma_d=sigma_d,
                     p_mean=dc.p_mean, p_std=dc.p_std, teacher=teacher))
             if rcm:
-                gen = simulate(p["F"], k_sim)  # the same draws as the fake score saw
+                gen, gen_labels = simulate(p["F"], k_sim, sim_index)  # as the fake score saw
                 k_t, k_z = jax.random.split(k_dmd)
                 t = trigflow.sample_time(k_t, gen.shape[:1], p_mean=rc.p_mean, p_std=rc.p_std,
                                          sigma_d=sigma_d)
                 z_added = sigma_d * jax.random.normal(k_z, gen.shape)
                 x_t, _ = trigflow.noisy(gen, z_added, t)
                 x_t = jax.lax.stop_gradient(x_t)  # (DMD: the gradient enters through x0 only)
+                fake_sg = jax.lax.stop_gradient(fake)
+                if snoopi:  # SNOOPI: one random guidance scale for both scores this step
+                    s = jax.random.uniform(jax.random.fold_in(k_dmd, 1), (),
+                                           minval=rc.snoopi.scale_min, maxval=rc.snoopi.scale_max)
+                    real = _cfg_velocity(net, teacher_p, gen_labels, s, num_classes)
+                    fake_fn = (_cfg_velocity(net, fake_sg, gen_labels, s, num_classes)
+                               if uses_fake else None)
+                else:
+                    real = teacher_fn(teacher_p, gen_labels)
+                    fake_fn = _velocity(net, fake_sg, gen_labels) if uses_fake else None
                 if config.method in ("sds", "vsd"):
-                    z_real = dmd.noise_prediction(teacher(x_t / sigma_d, t), x_t, t, sigma_d)
+                    z_real = dmd.noise_prediction(real(x_t / sigma_d, t), x_t, t, sigma_d)
                     z_ref = z_added if config.method == "sds" else dmd.noise_prediction(
-                        net.apply(jax.lax.stop_gradient(fake), x_t / sigma_d, t), x_t, t,
-                        sigma_d)
+                        fake_fn(x_t / sigma_d, t), x_t, t, sigma_d)
                     dmd_term = jnp.mean(dmd.surrogate_loss(gen, dmd.score_direction(
                         z_real, z_ref, t, sigma_d, rc.sds_weighting)))
                 else:
-                    f_real = trigflow.consistency_fn(teacher, x_t, t, sigma_d)
-                    f_fake = trigflow.consistency_fn(_velocity(net, jax.lax.stop_gradient(fake)),
-                                                     x_t, t, sigma_d)
+                    f_real = trigflow.consistency_fn(real, x_t, t, sigma_d)
+                    f_fake = trigflow.consistency_fn(fake_fn, x_t, t, sigma_d)
                     dmd_term = jnp.mean(dmd.dmd_loss(gen, f_real, f_fake))
                 terms = {**terms, "dmd": dmd_term}
                 loss = loss + (rc.weight if consistency else 1.0) * dmd_term
+                if gan:  # non-saturating: the gradient reaches gen through its noised copy
+                    g_loss = dmd.gan_generator_loss(gan_logits(
+                        fake_sg, jax.lax.stop_gradient(head), gen, gen_labels,
+                        jax.random.fold_in(k_dmd, 2)))
+                    terms["gan_g"] = g_loss
+                    loss = loss + rc.gan.gen_weight * g_loss
             return loss, terms
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -331,25 +510,30 @@ def train_student(config, dist, net, teacher_params, sigma_d: float, directory: 
                "step": state["step"] + 1}
         if uses_fake:
             new.update(fake=fake, fake_opt=fake_opt)
+        if gan:
+            new.update(head=head, head_opt=head_opt)
+            extra["gan_g"] = terms["gan_g"]
         if rcm:
             extra["dmd"] = terms["dmd"]
         state, m = _guarded(state, new, loss, grads)
         if consistency:
             extra.update(tangent_warmup=jnp.float32(r),
-                         g_norm=jnp.mean(jnp.linalg.norm(terms["g"], axis=-1)),
+                         g_norm=jnp.mean(jnp.sqrt(jnp.sum(jnp.square(terms["g"]).reshape(
+                             terms["g"].shape[0], -1), axis=-1))),
                          w_mean=jnp.mean(terms["w"]))
         return state, {**m, **extra}
 
-    meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
+    meta = {**_model_meta(config, task),
             "distill": {"role": "student", "method": config.method,
                         "data": config.data.to_dict(), "sigma_d": sigma_d,
                         "teacher_sha256": ckpt_lib.params_hash(teacher_params),
-                        "settings": {k: v for k, v in sc.to_dict().items()
-                                     if k not in ("steps", *_LOOP_KEYS)},
+                        "settings": _settings(sc, ("steps",)),
+                        **({"guidance": config.guidance.to_dict()} if num_classes else {}),
                         **({"rcm": rc.to_dict()} if rcm else {}),
                         **({"discrete": dc.to_dict()} if discrete else {})}}
     state = _fit("student", directory, init_state,
-                 lambda s: step(s, teacher_params, sigmas_at(int(s["step"])), pool),
+                 lambda s: step(s, teacher_params, sigmas_at(int(s["step"])), pool,
+                                sim_index_at(int(s["step"]))),
                  sc.steps, meta, writer, sc, progress)
     return jax.device_get(state["params"]["F"])
 
@@ -361,31 +545,107 @@ def progressive_grid(config, sigma_d: float, n: int) -> np.ndarray:
     return samplers.karras_times(start, sigma_d)[::start // n]
 
 
-def train_progressive(config, dist, net, teacher_params, sigma_d: float, directory: str,
-                      writer, progress: bool) -> dict[int, dict]:
+def _guidance_draw(config, key, n: int) -> jax.Array:
+    """Guided distillation's per-example guidance scales, uniform on the trained range."""
+    g = config.guided
+    return jax.random.uniform(key, (n,), minval=g.scale_min, maxval=g.scale_max)
+
+
+def train_guided(config, task, net, net_w, teacher_params, sigma_d: float, directory: str,
+                 writer, progress: bool) -> dict:
+    """Guided distillation's first stage (Meng et al. 2023): a student ``net_w`` that takes the
+    guidance scale ``w`` as an input learns the teacher's guided velocity
+    ``F_u + w (F_c - F_u)`` at ``w`` uniform on ``[scale_min, scale_max]`` (one network
+    evaluation instead of two). Initialised from the teacher (its guidance layers at zero)."""
+    g, sc, tc = config.guided, config.student, config.teacher
+    tx = _adam(sc.optimizer)
+
+    def init_state():
+        params = _init_params(net_w, task, sc.seed, guidance=True)
+        params = _overlay(params, teacher_params)
+        return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
+            jax.random.key(sc.seed + 1)), "nonfinite": loop.init_nonfinite(),
+            "params": params, "opt": tx.init(params)}
+
+    @jax.jit
+    def step(state, teacher_params):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        k_x, k_w, k_t, k_z = jax.random.split(key, 4)
+        x0, labels = task.sample(k_x, sc.batch_size)
+        w = _guidance_draw(config, k_w, sc.batch_size)
+        t = trigflow.sample_time(k_t, (sc.batch_size,), p_mean=tc.p_mean, p_std=tc.p_std,
+                                 sigma_d=sigma_d)
+        x_t, _ = trigflow.noisy(x0, sigma_d * jax.random.normal(k_z, x0.shape), t)
+        target = _cfg_velocity(net, jax.lax.stop_gradient(teacher_params), labels, w,
+                               task.num_classes)(x_t / sigma_d, t)
+
+        def loss_fn(p):
+            err = net_w.apply(p, x_t / sigma_d, t, labels, w) - target
+            return jnp.mean(jnp.square(err))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt,
+               "step": state["step"] + 1}
+        return _guarded(state, new, loss, grads)
+
+    meta = {**_model_meta(config, task, guidance=True),
+            "distill": {"role": "guided", "data": config.data.to_dict(), "sigma_d": sigma_d,
+                        "teacher_sha256": ckpt_lib.params_hash(teacher_params),
+                        "settings": {**g.to_dict(), "student": _settings(sc, ("steps",))}}}
+    state = _fit("student", directory, init_state, lambda s: step(s, teacher_params), g.steps,
+                 meta, writer, sc, progress)
+    return jax.device_get(state["params"])
+
+
+def _overlay(params: dict, source: dict) -> dict:
+    """``params`` with every leaf that ``source`` has at the same path taken from ``source``."""
+    flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
+    return jax.tree_util.tree_map_with_path(lambda k, v: flat.get(jax.tree_util.keystr(k), v),
+                                            params)
+
+
+def train_progressive(config, task, net, teacher_params, sigma_d: float, directory: str,
+                      writer, progress: bool, *, guided: bool = False) -> dict[int, dict]:
     """Progressive distillation from ``start_steps`` down to 1: ``{steps: params}`` of every
-    round's student (the round that halves to ``n`` steps gives the ``n``-step model)."""
+    round's student (the round that halves to ``n`` steps gives the ``n``-step model).
+
+    With class labels the first round's teacher is the guided teacher at
+    ``config.guidance.scale`` (later rounds: the last student, guidance folded in). ``guided``:
+    ``net`` and ``teacher_params`` are guided distillation's w-conditioned model, and every
+    round draws ``w`` per example on the trained range (the student keeps ``w`` as an input).
+    """
     pc, sc = config.progressive, config.student
     tx = _adam(sc.optimizer)
+    scale, num_classes = float(config.guidance.scale), task.num_classes
     models, teacher, n = {}, teacher_params, pc.start_steps
     while n > 1:
         n //= 2
+        first = n == pc.start_steps // 2
         teacher_grid = jnp.asarray(progressive_grid(config, sigma_d, 2 * n))
 
         @jax.jit
-        def step(state, teacher, teacher_grid=teacher_grid, n=n):
+        def step(state, teacher, teacher_grid=teacher_grid, n=n, first=first):
             key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-            k_x, k_i, k_z = jax.random.split(key, 3)
-            x0 = dist.sample(k_x, sc.batch_size)
+            k_x, k_i, k_z, k_w = jax.random.split(key, 4)
+            x0, labels = task.sample(k_x, sc.batch_size)
             i = jax.random.randint(k_i, (sc.batch_size,), 0, n)  # the student's step i -> i+1
             t, t_mid, t_next = (teacher_grid[2 * i], teacher_grid[2 * i + 1],
                                 teacher_grid[2 * i + 2])
             x_t, _ = trigflow.noisy(x0, sigma_d * jax.random.normal(k_z, x0.shape), t)
-            target = progressive.progressive_target(
-                _velocity(net, jax.lax.stop_gradient(teacher)), x_t, t, t_mid, t_next, sigma_d)
+            teacher = jax.lax.stop_gradient(teacher)
+            if guided:
+                w = _guidance_draw(config, k_w, sc.batch_size)
+                teacher_fn, student_fn = (_velocity(net, teacher, labels, w),
+                                          lambda p: _velocity(net, p, labels, w))
+            else:
+                teacher_fn = (_cfg_velocity(net, teacher, labels, scale, num_classes) if first
+                              else _velocity(net, teacher, labels))
+                student_fn = lambda p: _velocity(net, p, labels)
+            target = progressive.progressive_target(teacher_fn, x_t, t, t_mid, t_next, sigma_d)
 
             def loss_fn(p):
-                x0_hat = trigflow.consistency_fn(_velocity(net, p), x_t, t, sigma_d)
+                x0_hat = trigflow.consistency_fn(student_fn(p), x_t, t, sigma_d)
                 return jnp.mean(progressive.progressive_loss(x0_hat, target, x_t, t, sigma_d))
 
             loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -399,12 +659,12 @@ def train_progressive(config, dist, net, teacher_params, sigma_d: float, directo
                 jax.random.key(sc.seed + n)), "nonfinite": loop.init_nonfinite(),
                 "params": teacher, "opt": tx.init(teacher)}
 
-        meta = {"model": config.model.name, "model_kwargs": config.model.kwargs.to_dict(),
+        meta = {**_model_meta(config, task, guidance=guided),
                 "distill": {"role": "progressive", "steps": n, "data": config.data.to_dict(),
                             "sigma_d": sigma_d, "teacher_sha256": ckpt_lib.params_hash(teacher),
-                            "settings": {**pc.to_dict(), "student": {
-                                k: v for k, v in sc.to_dict().items()
-                                if k not in ("steps", *_LOOP_KEYS)}}}}
+                            "settings": {**pc.to_dict(), "student": _settings(sc, ("steps",))},
+                            **({"guidance": config.guidance.to_dict()} if num_classes else {}),
+                            **({"guided": config.guided.to_dict()} if guided else {})}}
         state = _fit("student", os.path.join(directory, f"round_{n}_steps"), init_state,
                      lambda s, step=step, teacher=teacher: step(s, teacher), pc.steps_per_round,
                      meta, writer, sc, progress)
@@ -416,7 +676,8 @@ def train_progressive(config, dist, net, teacher_params, sigma_d: float, directo
 def trajectory_points(teacher, z: jax.Array, grid: jax.Array, sigma_d: float
                       ) -> tuple[jax.Array, jax.Array]:
     """``(x [P * N, ...], t [P * N])``: the points of DDIM trajectories of the teacher from
-    ``z [P, ...]`` at the grid's times ``t_0 .. t_{N-1}`` (every time but the final 0)."""
+    ``z [P, ...]`` at the grid's times ``t_0 .. t_{N-1}`` (every time but the final 0), time-
+    major (point ``k`` comes from trajectory ``k mod P``)."""
 
     def step(x, pair):
         t, t_next = pair
@@ -430,30 +691,38 @@ def trajectory_points(teacher, z: jax.Array, grid: jax.Array, sigma_d: float
 
 
 # -------------------------------------------------------------------------------- evaluation
-def _velocity(net, params):
-    return lambda x, t: net.apply(params, x, t)
-
-
-def evaluate(config, dist, net, teacher_params, student_params, sigma_d: float
-             ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics of the teacher at each ODE step count and of the student at each step count,
-    and the sample sets to plot (``data``, ``teacher_<n>``, ``student_<n>``)."""
+def evaluate(config, task, net, teacher_params, student_params, sigma_d: float, *,
+             student_net=None) -> tuple[dict[str, float], dict[str, np.ndarray], Any]:
+    """Metrics of the teacher at each ODE step count (with guidance ``config.guidance.scale``)
+    and of the student at each step count; the sample sets to plot (``data``, ``teacher_<n>``,
+    ``student_<n>``, model units) and their requested labels (None without classes)."""
     e = config.eval
     key = jax.random.key(e.seed)
-    z = sigma_d * jax.random.normal(jax.random.fold_in(key, 0), (e.num_samples, 2))
+    z = sigma_d * jax.random.normal(jax.random.fold_in(key, 0), (e.num_samples, *task.shape))
+    labels = task.eval_labels(e.num_samples)
+    lab = None if labels is None else jnp.asarray(labels)
+    scale = float(config.guidance.scale)
     results: dict[str, float] = {}
-    sets = {"data": np.asarray(dist.sample(jax.random.fold_in(key, 1), e.num_samples))}
+    sets = {"data": task.reference(jax.random.fold_in(key, 1), e.num_samples)}
     t0 = samplers.t_max(sigma_d)
 
     @functools.partial(jax.jit, static_argnums=(2,))
     def teacher_sample(params, times, method):
-        return samplers.ode_sample(_velocity(net, params), z, times, sigma_d=sigma_d,
-                                   method=method)
+        return samplers.ode_sample(_cfg_velocity(net, params, lab, scale, task.num_classes), z,
+                                   times, sigma_d=sigma_d, method=method)
+
+    @jax.jit
+    def progressive_sample(params, times):  # the round's n-step student, by DDIM on its grid
+        if config.method == "guided":
+            check_scale_in_range(scale, config.guided.scale_min, config.guided.scale_max)
+            fn = _velocity(student_net, params, lab, jnp.full(z.shape[:1], scale))
+        else:
+            fn = _velocity(net, params, lab)
+        return samplers.ode_sample(fn, z, times, sigma_d=sigma_d, method="ddim")
 
     def score(prefix, x, n):
         ref_key = jax.random.fold_in(key, 1000 + n)
-        for name, value in metrics_lib.evaluate_samples(x, dist, ref_key,
-                                                        reference_n=e.num_samples).items():
+        for name, value in task.evaluate(x, labels, ref_key).items():
             results[f"{prefix}/steps_{n}/{name}"] = float(value)
 
     for n in e.teacher_steps:
@@ -462,24 +731,36 @@ def evaluate(config, dist, net, teacher_params, student_params, sigma_d: float
         score("teacher", x, n)
         sets[f"teacher_{n}"] = x
     for n in e.student_steps:
-        if config.method == "progressive":  # the round's n-step student, by DDIM on its grid
+        if config.method in ("progressive", "guided"):
             times = jnp.asarray(progressive_grid(config, sigma_d, n))
-            x = np.asarray(teacher_sample(student_params[n], times, "ddim"))
+            x = np.asarray(progressive_sample(student_params[n], times))
         else:
             times = [t0] + _intermediate_times(config, n)
             x = np.asarray(jax.jit(lambda p: samplers.consistency_sample(
-                _velocity(net, p), z, times, jax.random.fold_in(key, 2), sigma_d=sigma_d))(
-                    student_params))
+                _velocity(net, p, lab), z, times, jax.random.fold_in(key, 2),
+                sigma_d=sigma_d))(student_params))
         score("student", x, n)
         sets[f"student_{n}"] = x
-    return results, sets
+    return results, sets, labels
 
 
 # ------------------------------------------------------------------------------------ driver
-def estimate_sigma_d(dist, seed: int = 0) -> float:
+def estimate_sigma_d(task, seed: int = 0) -> float:
     """The data's standard deviation (over all coordinates), from 10,000 samples, 3 decimals."""
-    x = np.asarray(dist.sample(jax.random.key(seed), 10_000))
-    return round(float(x.std()), 3)
+    x, _ = task.sample(jax.random.key(seed), 10_000)
+    return round(float(np.asarray(x).std()), 3)
+
+
+def _build_net(config, task, guidance: bool = False):
+    kwargs = config.model.kwargs.to_dict()
+    if task.num_classes:
+        kwargs["num_classes"] = task.num_classes
+    if guidance:
+        kwargs["guidance_input"] = True
+    try:
+        return DENOISERS[config.model.name](**kwargs)
+    except TypeError as e:
+        raise errors.ConfigError(f"config.model.kwargs: {e}") from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -491,9 +772,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress = config.progress
 
     # -- data and networks
-    dist = toy.get(config.data.name, **config.data.kwargs.to_dict())
-    sigma_d = float(config.sigma_d) or estimate_sigma_d(dist)
-    net = DENOISERS[config.model.name](**config.model.kwargs.to_dict())
+    task = tasks.get(config.data.name, config.data.kwargs.to_dict(), config.data.data_dir or None)
+    sigma_d = float(config.sigma_d) or estimate_sigma_d(task)
+    net = _build_net(config, task)
+    net_w = _build_net(config, task, guidance=True) if config.method == "guided" else None
 
     # -- teacher, then student
     writer = metrics.MetricWriter(workdir)
@@ -501,22 +783,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         teacher_dir = (os.path.abspath(config.teacher.dir) if config.teacher.dir
                        else os.path.join(workdir, "teacher"))
         t0 = time.time()
-        teacher_params = train_teacher(config, dist, net, sigma_d, teacher_dir, writer, progress)
+        teacher_params = train_teacher(config, task, net, sigma_d, teacher_dir, writer, progress)
         teacher_s = time.time() - t0
         t0 = time.time()
-        train_fn = train_progressive if config.method == "progressive" else train_student
-        student_params = train_fn(config, dist, net, teacher_params, sigma_d,
-                                  os.path.join(workdir, "checkpoints", "student"), writer,
-                                  progress)
+        student_dir = os.path.join(workdir, "checkpoints", "student")
+        if config.method == "guided":
+            w_params = train_guided(config, task, net, net_w, teacher_params, sigma_d,
+                                    os.path.join(student_dir, "guided"), writer, progress)
+            student_params = train_progressive(config, task, net_w, w_params, sigma_d,
+                                               student_dir, writer, progress, guided=True)
+        else:
+            train_fn = train_progressive if config.method == "progressive" else train_student
+            student_params = train_fn(config, task, net, teacher_params, sigma_d, student_dir,
+                                      writer, progress)
         student_s = time.time() - t0
 
     # -- evaluation and outputs
-    results, sets = evaluate(config, dist, net, teacher_params, student_params, sigma_d)
+    if task.num_classes:
+        task = task.with_evaluator(config.eval.classifier_dir or
+                                   os.path.join(workdir, "classifier"))
+    results, sets, labels = evaluate(config, task, net, teacher_params, student_params, sigma_d,
+                                     student_net=net_w)
     first = min(config.eval.student_steps)
     report.write_npz_atomic(os.path.join(workdir, "samples.npz"),
-                            samples=sets[f"student_{first}"].astype(np.float32))
-    viz.scatter_grid(os.path.join(workdir, "samples.png"), sets,
-                     title=f"{config.method} on {config.data.name}")
+                            samples=task.to_stored(sets[f"student_{first}"]).astype(np.float32),
+                            **({} if labels is None else {"labels": labels}))
+    title = f"{config.method} on {config.data.name}"
+    if task.num_classes:
+        title += f" (guidance scale {config.guidance.scale:g})"
+        viz.image_grid(os.path.join(workdir, "samples.png"),
+                       {k: task.to_stored(v) for k, v in sets.items()}, labels,
+                       vmax=16.0, title=title)
+    else:
+        viz.scatter_grid(os.path.join(workdir, "samples.png"), sets, title=title)
     records = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     for role in ("teacher", "student"):
         curve = metrics.series(records, f"{role}/train/loss")
@@ -526,12 +825,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             results[f"{role}/final_loss"] = float(curve[-1][1])
     results.update({"sigma_d": sigma_d, "teacher/wall_time_s": teacher_s,
                     "student/wall_time_s": student_s, "wall_time_s": time.time() - t_start})
+    if task.num_classes and hasattr(task.evaluator, "real_test_fd"):
+        results["real_test/fd"] = float(task.evaluator.real_test_fd())
     report.write_results(os.path.join(workdir, "results.json"), results)
     rows = [{"model": role, "steps": n,
-             **{m: results[f"{role}/steps_{n}/{m}"] for m in _TABLE_METRICS}}
+             **{m: results[f"{role}/steps_{n}/{m}"] for m in task.metric_names}}
             for role, steps in (("teacher", config.eval.teacher_steps),
                                 ("student", config.eval.student_steps)) for n in steps]
-    print(report.format_table(rows, title=f"{config.method} on {config.data.name} "
-                              f"({config.eval.num_samples} samples; swd/mmd: lower is better)"),
-          flush=True)
+    lower = "fd" if task.num_classes else "swd/mmd"
+    print(report.format_table(rows, title=f"{title} ({config.eval.num_samples} samples; "
+                              f"{lower}: lower is better)"), flush=True)
     return results

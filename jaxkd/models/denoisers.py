@@ -2,12 +2,15 @@
 
 All take the time ``t`` itself as their noise input (TrigFlow's ``c_noise = t``) through a
 sinusoidal positional embedding, and an optional integer class label with one extra "null"
-class (id ``num_classes``) for classifier-free guidance. No BatchNorm anywhere: consistency
+class (id ``num_classes``) for classifier-free guidance, and optionally the guidance scale
+itself (``guidance_input``: guided distillation's w-conditioned student). No BatchNorm anywhere: consistency
 training differentiates the network along time with a JVP, which batch statistics would break.
 
 - :class:`MLPDenoiser`: for 2-D (or any flat) data.
 - :class:`UNet`: a small GroupNorm UNet for images.
 - :class:`AdaptiveWeight`: sCM's learned loss weighting ``w(t)`` (a scalar per example).
+- :class:`GANHead`: DMD2's real/fake classifier on a denoiser's bottleneck features, which
+  both denoisers ``sow`` as ``intermediates/bottleneck`` (:func:`bottleneck`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-__all__ = ["AdaptiveWeight", "MLPDenoiser", "UNet", "positional_embedding"]
+__all__ = ["AdaptiveWeight", "GANHead", "MLPDenoiser", "UNet", "bottleneck",
+           "positional_embedding"]
 
 
 def positional_embedding(t: jax.Array, dim: int, *, scale: float = 1.0,
@@ -37,15 +41,19 @@ def positional_embedding(t: jax.Array, dim: int, *, scale: float = 1.0,
 
 
 class _Conditioning(nn.Module):
-    """Time (and class) embedding ``[B, dim]``: positional -> MLP (+ a learned class vector)."""
+    """Time (and class, and guidance scale) embedding ``[B, dim]``: positional -> MLP
+    (+ a learned class vector) (+ an MLP of the guidance scale's positional embedding whose last
+    layer starts at zero, so a teacher's weights load into a w-conditioned student unchanged)."""
 
     dim: int
     num_classes: int = 0
     time_scale: float = 1.0
+    guidance_input: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, t: jax.Array, labels: jax.Array | None) -> jax.Array:
+    def __call__(self, t: jax.Array, labels: jax.Array | None,
+                 guidance: jax.Array | None = None) -> jax.Array:
         emb = positional_embedding(t, self.dim, scale=self.time_scale)
         emb = nn.Dense(self.dim, dtype=self.dtype, name="time_fc1")(emb)
         emb = nn.Dense(self.dim, dtype=self.dtype, name="time_fc2")(nn.silu(emb))
@@ -55,6 +63,16 @@ class _Conditioning(nn.Module):
                                  "classes): pass labels (id num_classes = unconditional)")
             emb = emb + nn.Embed(self.num_classes + 1, self.dim, dtype=self.dtype,
                                  name="class_embed")(labels)
+        if self.guidance_input:
+            if guidance is None:
+                raise ValueError("this network takes the guidance scale as an input "
+                                 "(guidance_input=True): pass guidance [B]")
+            g = positional_embedding(guidance, self.dim)
+            g = nn.Dense(self.dim, dtype=self.dtype, name="guidance_fc1")(g)
+            emb = emb + nn.Dense(self.dim, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                                 name="guidance_fc2")(nn.silu(g))
+        elif guidance is not None:
+            raise ValueError("guidance given to a network built with guidance_input=False")
         return emb
 
 
@@ -71,18 +89,21 @@ class MLPDenoiser(nn.Module):
     emb_dim: int = 128
     num_classes: int = 0
     time_scale: float = 1.0
+    guidance_input: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
+                 guidance: jax.Array | None = None) -> jax.Array:
         if x.ndim != 2 or t.shape != x.shape[:1]:
             raise ValueError(f"MLPDenoiser expects x [B, D] and t [B]; got {x.shape}, {t.shape}")
-        emb = _Conditioning(self.emb_dim, self.num_classes, self.time_scale, self.dtype,
-                            name="cond")(t, labels)
+        emb = _Conditioning(self.emb_dim, self.num_classes, self.time_scale,
+                            self.guidance_input, self.dtype, name="cond")(t, labels, guidance)
         h = nn.Dense(self.hidden, dtype=self.dtype, name="in")(x.astype(self.dtype))
         for i in range(self.depth):
             h = h + nn.Dense(self.hidden, dtype=self.dtype, name=f"emb{i}")(nn.silu(emb))
             h = nn.Dense(self.hidden, dtype=self.dtype, name=f"fc{i}")(nn.silu(h))
+        self.sow("intermediates", "bottleneck", h)
         out = nn.Dense(x.shape[-1], dtype=self.dtype, name="out")(nn.silu(h))
         return out.astype(jnp.float32)
 
@@ -102,8 +123,9 @@ class AdaptiveWeight(nn.Module):
 
 
 def _groups(channels: int) -> int:
-    """GroupNorm groups: 32 for wide layers, fewer (at least 4 channels each) for narrow ones."""
-    return max(1, min(32, channels // 4))
+    """GroupNorm groups: the largest divisor of ``channels`` up to 32 that leaves at least 4
+    channels per group (32 for wide layers; e.g. 24 for the 144 channels of a skip concat)."""
+    return max(g for g in range(1, 33) if channels % g == 0 and (channels // g >= 4 or g == 1))
 
 
 class _ResBlock(nn.Module):
@@ -142,6 +164,7 @@ class UNet(nn.Module):
     emb_dim: int = 128
     num_classes: int = 0
     time_scale: float = 1.0
+    guidance_input: bool = False
     dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
@@ -149,13 +172,14 @@ class UNet(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
+                 guidance: jax.Array | None = None) -> jax.Array:
         factor = 2 ** (len(self.channel_mult) - 1)
         if x.ndim != 4 or t.shape != x.shape[:1] or x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(f"UNet expects x [B, H, W, C] with H, W divisible by {factor} and "
                              f"t [B]; got {x.shape}, {t.shape}")
-        emb = _Conditioning(self.emb_dim, self.num_classes, self.time_scale, self.dtype,
-                            name="cond")(t, labels)
+        emb = _Conditioning(self.emb_dim, self.num_classes, self.time_scale,
+                            self.guidance_input, self.dtype, name="cond")(t, labels, guidance)
         h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="in")(x.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
@@ -168,6 +192,7 @@ class UNet(nn.Module):
                 skips.append(h)
         for i in range(2):
             h = _ResBlock(h.shape[-1], self.dtype, name=f"mid{i}")(h, emb)
+        self.sow("intermediates", "bottleneck", h)
         for level, mult in reversed(list(enumerate(self.channel_mult))):
             for i in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
@@ -178,3 +203,24 @@ class UNet(nn.Module):
         out = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype,
                       name="out")(h)
         return out.astype(jnp.float32)
+
+
+def bottleneck(net: nn.Module, params, x: jax.Array, t: jax.Array, *args) -> jax.Array:
+    """The features a denoiser sows at its bottleneck (the MLP's last hidden layer ``[B, H]``,
+    the UNet's middle blocks' output ``[B, h, w, C]``) for input ``(x, t, *args)``."""
+    _, state = net.apply(params, x, t, *args, mutable=["intermediates"])
+    return state["intermediates"]["bottleneck"][0]
+
+
+class GANHead(nn.Module):
+    """DMD2's GAN classifier: bottleneck features ``[B, ..., C]`` -> a real/fake logit ``[B]``
+    (spatial mean, then a two-layer MLP)."""
+
+    hidden: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        h = features.reshape(features.shape[0], -1, features.shape[-1]).mean(axis=1)
+        h = nn.silu(nn.Dense(self.hidden, dtype=self.dtype, name="fc")(h.astype(self.dtype)))
+        return nn.Dense(1, dtype=self.dtype, name="out")(h)[:, 0].astype(jnp.float32)

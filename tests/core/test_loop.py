@@ -130,3 +130,15 @@ def test_checkpoint_of_a_different_model_is_refused(tmp_path):
                      checkpointer=c, meta={"model": "other"}, writer=w,
                      cfg=loop.LoopConfig(total_steps=10, progress=False))
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["step"] == 2
+
+
+def test_metadata_tuples_match_their_json_lists_and_real_differences_are_named():
+    # Saved metadata went through JSON (tuples became lists): a config's tuple still matches.
+    saved = {"model": "unet", "model_kwargs": {"channel_mult": [1, 2]}, "distill": {"s": [[1]]}}
+    ckpt_lib.check_meta(saved, {"model": "unet", "model_kwargs": {"channel_mult": (1, 2)},
+                                "distill": {"s": ((1,),)}}, "d")
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"model_kwargs.channel_mult: checkpoint has \[1, 2\], config asks "
+                             r"for \[1, 4\]"):
+        ckpt_lib.check_meta(saved, {"model": "unet", "model_kwargs": {"channel_mult": (1, 4)},
+                                    "distill": {"s": [[1]]}}, "d")

@@ -25,17 +25,46 @@ def test_dmd_direction_and_loss_gradient_match_numpy():
     assert not np.any(g_real) and not np.any(g_fake)
 
 
-@pytest.mark.parametrize("method", ["rcm", "sds"])
+def test_gan_losses_match_numpy():
+    real, fake = RNG.normal(size=7).astype(np.float32), RNG.normal(size=5).astype(np.float32)
+    softplus = lambda v: np.log1p(np.exp(v))
+    np.testing.assert_allclose(dmd.gan_discriminator_loss(jnp.asarray(real), jnp.asarray(fake)),
+                               np.mean(softplus(-real)) + np.mean(softplus(fake)), rtol=1e-6)
+    np.testing.assert_allclose(dmd.gan_generator_loss(jnp.asarray(fake)),
+                               np.mean(softplus(-fake)), rtol=1e-6)
+    # The classifier's loss falls as it separates the two; the generator's rises.
+    assert dmd.gan_discriminator_loss(real + 5, fake - 5) < dmd.gan_discriminator_loss(real, fake)
+    assert dmd.gan_generator_loss(fake - 5) > dmd.gan_generator_loss(fake)
+
+
+def test_the_gan_head_reads_the_bottleneck_features():
+    from jaxkd.models.denoisers import GANHead, MLPDenoiser, UNet, bottleneck  # pylint: disable=g-import-not-at-top
+
+    for net, x in ((MLPDenoiser(hidden=16, depth=2, emb_dim=8), jnp.ones((3, 2))),
+                   (UNet(channels=8, channel_mult=(1, 2), emb_dim=8), jnp.ones((3, 8, 8, 1)))):
+        params = net.init(jax.random.key(0), x, jnp.ones(3))
+        feats = bottleneck(net, params, x, jnp.ones(3))
+        assert feats.shape == ((3, 16) if x.ndim == 2 else (3, 4, 4, 16))
+        head = GANHead(hidden=8)
+        logits = head.apply(head.init(jax.random.key(1), feats), feats)
+        assert logits.shape == (3,)
+        # Sowing does not change the network's output.
+        np.testing.assert_array_equal(net.apply(params, x, jnp.ones(3)),
+                                      net.apply(params, x, jnp.ones(3), mutable=[])[0])
+
+
+@pytest.mark.parametrize("method", ["rcm", "sds", "dmd2_gan"])
 def test_distribution_terms_train_the_student(tmp_path, method):
-    # rCM: sCD + DMD with a fake score; SDS: score distillation alone, no fake score. DMD2 (DMD
-    # alone) and VSD (SDS with a fake score) combine these two runs' branches.
-    from configs.diffusion import rcm_ring, sds_ring  # pylint: disable=g-import-not-at-top
+    # rCM: sCD + DMD with a fake score; SDS: score distillation alone, no fake score; DMD2 (DMD
+    # alone) with its GAN head. VSD (SDS with a fake score) combines these runs' branches.
+    from configs.diffusion import dmd2_ring, rcm_ring, sds_ring  # pylint: disable=g-import-not-at-top
     from jaxkd.diffusion import train  # pylint: disable=g-import-not-at-top
 
-    config = {"rcm": rcm_ring, "sds": sds_ring}[method].get_config("smoke")
+    config = {"rcm": rcm_ring, "sds": sds_ring, "dmd2_gan": dmd2_ring}[method].get_config("smoke")
     config.progress = False
     config.eval.update(dict(num_samples=200, teacher_steps=(1,), student_steps=(1,)))
     config.rcm.update(dict(fake_steps=1, sim_steps=(1,)))  # (a smaller program to compile)
+    config.rcm.gan.enabled = method == "dmd2_gan"
     results = train.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(results["student/steps_1/swd"])
     from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
@@ -44,10 +73,14 @@ def test_distribution_terms_train_the_student(tmp_path, method):
                if "student/train/dmd" in r]
     assert records
     assert all(np.isfinite(r.get("student/train/fake_loss", 0.0)) for r in records)
-    assert ("student/train/fake_loss" in records[-1]) == (method == "rcm")
+    assert ("student/train/fake_loss" in records[-1]) == (method != "sds")
     assert any(r["student/train/dmd"] > 0 for r in records)
     # rCM carries the consistency loss's statistics; DMD2 has no consistency term.
     assert ("student/train/g_norm" in records[-1]) == (method == "rcm")
+    if method == "dmd2_gan":  # both GAN losses logged, finite, and moving
+        for key in ("student/train/gan_d", "student/train/gan_g"):
+            values = [r[key] for r in records]
+            assert np.all(np.isfinite(values)) and len(set(values)) > 1, key
 
 
 def test_score_distillation_direction_matches_numpy():

@@ -178,6 +178,12 @@ def test_guidance_combines_the_two_velocities():
     xr = jnp.asarray(RNG.normal(size=(3, 2)), jnp.float32)
     np.testing.assert_allclose(samplers.guided(cond, uncond, 2.5)(xr, t),
                                (xr + 1) + 2.5 * (2 * xr - xr - 1), rtol=1e-6)
+    # One scale per example (guided distillation), on images [B, H, W, C].
+    xi = jnp.asarray(RNG.normal(size=(3, 4, 4, 1)), jnp.float32)
+    w = np.array([1.0, 2.0, 3.5], np.float32)
+    expect = (np.asarray(xi) + 1) + w[:, None, None, None] * (np.asarray(xi) - 1)
+    np.testing.assert_allclose(samplers.guided(cond, uncond, jnp.asarray(w))(xi, t), expect,
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_a_layer_without_forward_mode_is_named():

@@ -53,12 +53,12 @@ def test_a_finished_teacher_is_reused_and_a_different_one_refused(sct_run, tmp_p
     import jax  # pylint: disable=g-import-not-at-top
 
     from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
-    from jaxkd.diffusion import toy  # pylint: disable=g-import-not-at-top
+    from jaxkd.diffusion import tasks  # pylint: disable=g-import-not-at-top
 
     workdir, results = sct_run
     teacher_dir = os.path.join(workdir, "teacher")
     config = _smoke(sct_moons)
-    dist = toy.get(config.data.name)
+    dist = tasks.get(config.data.name)
     net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
     with metrics.MetricWriter(str(tmp_path)) as writer:
         once = train.train_teacher(config, dist, net, results["sigma_d"], teacher_dir, writer,
@@ -78,11 +78,11 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     import jax  # pylint: disable=g-import-not-at-top
 
     from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
-    from jaxkd.diffusion import toy  # pylint: disable=g-import-not-at-top
+    from jaxkd.diffusion import tasks  # pylint: disable=g-import-not-at-top
 
     workdir, results = sct_run
     config = _smoke(sct_moons, **{"method": "scd"})  # sCD: the teacher's tangent, resumed too
-    dist = toy.get(config.data.name)
+    dist = tasks.get(config.data.name)
     net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
     sd = results["sigma_d"]
     with metrics.MetricWriter(str(tmp_path)) as writer:
@@ -111,3 +111,100 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
 def test_bad_configs_name_the_key(overrides, match):
     with pytest.raises(errors.ConfigError, match=match):
         train.check_config(_smoke(scd_ring, **overrides))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    # Guidance needs labels, the null class, and (guided distillation) a scale in its range.
+    ({"guidance.scale": 2.0}, "has no classes"),
+    ({"teacher.cfg_dropout": 0.1}, "has no classes"),
+    ({"data.name": "sklearn_digits", "teacher.cfg_dropout": 0.0, "guidance.scale": 2.0},
+     r"never saw the null class \(config.teacher.cfg_dropout=0\)"),
+    ({"data.name": "sklearn_digits", "teacher.cfg_dropout": 1.0}, "cfg_dropout=1.0 must be"),
+    ({"method": "guided"}, "needs class-conditional data"),
+    ({"data.name": "sklearn_digits", "method": "guided", "teacher.cfg_dropout": 0.1,
+      "guidance.scale": 4.0}, r"config.guidance.scale=4.0 is outside the range .*\[1.0, 3.0\]"),
+    ({"model.kwargs.num_classes": 10}, "set by the driver"),
+])
+def test_bad_guidance_configs_name_the_key(overrides, match):
+    with pytest.raises(errors.ConfigError, match=match):
+        train.check_config(_smoke(scd_ring, **overrides))
+
+
+def test_the_guidance_range_check_refuses_outside_and_accepts_inside():
+    train.check_scale_in_range(1.0, 1.0, 3.0)
+    train.check_scale_in_range(3.0, 1.0, 3.0)
+    with pytest.raises(errors.ConfigError, match=r"guidance scale=0.5 is outside .*\[1.0, 3.0\]"):
+        train.check_scale_in_range(0.5, 1.0, 3.0)
+
+
+def test_a_w_conditioned_student_starts_as_its_teacher():
+    # Guided distillation's student = the teacher's weights + guidance layers whose last one is
+    # zero: at initialisation its output ignores w and equals the teacher's.
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from jaxkd.models.denoisers import UNet  # pylint: disable=g-import-not-at-top
+
+    teacher_net = UNet(channels=12, channel_mult=(1, 2), num_classes=10, emb_dim=16)
+    student_net = UNet(channels=12, channel_mult=(1, 2), num_classes=10, emb_dim=16,
+                       guidance_input=True)
+    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+    t, y = jnp.array([0.3, 0.9, 1.4]), jnp.array([0, 5, 10])
+    tp = teacher_net.init(jax.random.key(1), x, t, y)
+    sp = student_net.init(jax.random.key(2), x, t, y, jnp.ones(3))
+    sp = train._overlay(sp, tp)
+    assert "guidance_fc1" in sp["params"]["cond"]  # kept from the student's own init
+    out_t = teacher_net.apply(tp, x, t, y)
+    for w in (1.0, 2.5):
+        np.testing.assert_allclose(student_net.apply(sp, x, t, y, jnp.full(3, w)), out_t,
+                                   rtol=1e-5, atol=1e-6)
+    # 12 channels at level 1 and 36 (= 24 + 12) in a skip concat: GroupNorm groups divide them.
+    with pytest.raises(ValueError, match="guidance_input=False"):
+        teacher_net.apply(tp, x, t, y, jnp.ones(3))
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("digits_classifier"))
+
+
+@pytest.mark.parametrize("method", ["rcm", "guided"])
+def test_digits_runs_write_images_labels_and_fd(method, classifier_dir, tmp_path):
+    # Class-conditional digits: rCM with SNOOPI's random guidance on its DMD term (a fake score
+    # with label dropout), and guided distillation (w-conditioned student, then progressive).
+    from configs.diffusion import guided_digits, rcm_digits  # pylint: disable=g-import-not-at-top
+
+    module = {"rcm": rcm_digits, "guided": guided_digits}[method]
+    config = _smoke(module, **{"eval.classifier_dir": classifier_dir, "eval.num_samples": 100,
+                               "eval.teacher_steps": (1, 2), "teacher.steps": 10,
+                               "student.steps": 4, "rcm.fake_steps": 1, "rcm.sim_steps": (1,)})
+    if method == "rcm":
+        config.rcm.snoopi.enabled = True
+    results = train.train_and_evaluate(config, str(tmp_path))
+    for role, steps in (("teacher", (1, 2)), ("student", (1, 2))):
+        for n in steps:
+            assert np.isfinite(results[f"{role}/steps_{n}/fd"]) and results[
+                f"{role}/steps_{n}/fd"] > 0, (role, n)
+            assert 0.0 <= results[f"{role}/steps_{n}/class_acc"] <= 1.0
+    assert 0 < results["real_test/fd"] < 5  # the noise floor, far below any smoke model
+    with np.load(os.path.join(str(tmp_path), "samples.npz")) as f:
+        samples, labels = f["samples"], f["labels"]
+    assert samples.shape == (100, 8, 8, 1) and samples.dtype == np.float32
+    assert samples.min() >= 0 and samples.max() <= 16  # the data set's units
+    np.testing.assert_array_equal(labels, np.arange(100) % 10)
+    assert os.path.getsize(os.path.join(str(tmp_path), "samples.png")) > 0
+    if method == "guided":  # stage 1 and the progressive rounds each checkpointed
+        student = os.path.join(str(tmp_path), "checkpoints", "student")
+        assert {"guided", "round_2_steps", "round_1_steps"} <= set(os.listdir(student))
+
+
+def test_label_dropout_replaces_the_given_fraction_by_the_null_class():
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    labels = jnp.arange(20_000) % 10
+    out = np.asarray(train.drop_labels(jax.random.key(0), labels, 0.1, 10))
+    dropped = out == 10
+    assert abs(dropped.mean() - 0.1) < 0.01  # 10% +- 5 binomial standard deviations
+    np.testing.assert_array_equal(out[~dropped], np.asarray(labels)[~dropped])
+    assert not np.any(np.asarray(train.drop_labels(jax.random.key(0), labels, 0.0, 10)) == 10)
