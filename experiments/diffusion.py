@@ -1,7 +1,9 @@
-"""Diffusion distillation experiments (toy 2-D data).
+"""Diffusion distillation experiments (toy 2-D data, or the 8x8 digits by class).
 
     python -m experiments.diffusion --config configs/diffusion/scd_ring.py \
         --workdir runs/diffusion/scd_ring [--config.student.steps=8000 ...]
+    python -m experiments.diffusion --config configs/diffusion/rcm_digits.py \
+        --workdir runs/diffusion/rcm_digits [--config.teacher.dir=<a finished teacher>]
 """
 
 from absl import app, flags

@@ -84,6 +84,9 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # optimiser and seed), then progressive distillation of it as above, each round drawing
     # the scale per example. Evaluated at guidance.scale, which must lie in the range.
     c.guided = dict(scale_min=1.0, scale_max=3.0, steps=2000)
+    if digits:  # from the teacher's 16 Heun-grid steps (the goal's reference count), 4 rounds
+        c.progressive.update(dict(start_steps=16, steps_per_round=500))
+        c.guided.steps = 1000
     # Evaluation: the teacher's ODE sampler at each step count, the student's consistency
     # sampling at each step count (first step from t_max, then the listed intermediate times:
     # sCM's 2-step time 1.1), metrics on ``num_samples`` samples against fresh true samples.
