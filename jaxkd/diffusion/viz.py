@@ -23,6 +23,16 @@ def _label(name: str) -> str:
     return f"{role}, {n} step{'s' if n != '1' else ''}"
 
 
+def _save(fig, path: str | os.PathLike, title: str) -> None:
+    """Titles, lays out and writes ``fig`` as a PNG, atomically."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    report.write_bytes_atomic(path, buffer.getvalue())
+
+
 def scatter_grid(path: str | os.PathLike, sets: Mapping[str, np.ndarray], *, title: str = "",
                  max_points: int = 4000, columns: int = 4) -> None:
     """One scatter panel per named ``[n, 2]`` sample set, all on the first set's axis limits
@@ -49,12 +59,7 @@ def scatter_grid(path: str | os.PathLike, sets: Mapping[str, np.ndarray], *, tit
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    report.write_bytes_atomic(path, buffer.getvalue())
+    _save(fig, path, title)
 
 
 def image_grid(path: str | os.PathLike, sets: Mapping[str, np.ndarray], labels: np.ndarray, *,
@@ -89,9 +94,4 @@ def image_grid(path: str | os.PathLike, sets: Mapping[str, np.ndarray], labels: 
         ax.set_title(_label(name), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    report.write_bytes_atomic(path, buffer.getvalue())
+    _save(fig, path, title)
