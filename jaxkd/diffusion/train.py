@@ -26,6 +26,8 @@ taking the guidance scale as an input, then progressive distillation of it) -> e
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import os
 import time
@@ -692,10 +694,16 @@ def trajectory_points(teacher, z: jax.Array, grid: jax.Array, sigma_d: float
 
 # -------------------------------------------------------------------------------- evaluation
 def evaluate(config, task, net, teacher_params, student_params, sigma_d: float, *,
-             student_net=None) -> tuple[dict[str, float], dict[str, np.ndarray], Any]:
+             student_net=None, cache_dir: str | None = None
+             ) -> tuple[dict[str, float], dict[str, np.ndarray], Any]:
     """Metrics of the teacher at each ODE step count (with guidance ``config.guidance.scale``)
     and of the student at each step count; the sample sets to plot (``data``, ``teacher_<n>``,
-    ``student_<n>``, model units) and their requested labels (None without classes)."""
+    ``student_<n>``, model units) and their requested labels (None without classes).
+
+    ``cache_dir`` (the driver: ``<teacher dir>_eval_cache``, beside the teacher): the teacher's
+    samples are kept there (``teacher_samples_<key>.npz``, the key a hash of the teacher's
+    parameters and every setting that shapes the samples), so runs sharing a teacher sample it
+    once (on digits, ~10 min of the 1-64 step sweep with guidance)."""
     e = config.eval
     key = jax.random.key(e.seed)
     z = sigma_d * jax.random.normal(jax.random.fold_in(key, 0), (e.num_samples, *task.shape))
@@ -725,9 +733,23 @@ def evaluate(config, task, net, teacher_params, student_params, sigma_d: float, 
         for name, value in task.evaluate(x, labels, ref_key).items():
             results[f"{prefix}/steps_{n}/{name}"] = float(value)
 
+    teacher_sha = ckpt_lib.params_hash(teacher_params) if cache_dir else ""
     for n in e.teacher_steps:
-        x = np.asarray(teacher_sample(teacher_params, jnp.asarray(samplers.karras_times(
-            n, sigma_d)), e.sampler))
+        key_text = json.dumps({"teacher_sha256": teacher_sha, "steps": n, "seed": e.seed,
+                               "num_samples": e.num_samples, "sampler": e.sampler,
+                               "guidance": scale, "sigma_d": sigma_d,
+                               "data": config.data.to_dict()}, sort_keys=True)
+        path = cache_dir and os.path.join(cache_dir, "teacher_samples_" + hashlib.sha256(
+            key_text.encode()).hexdigest()[:16] + ".npz")
+        if path and os.path.exists(path):
+            with np.load(path) as f:
+                x = f["samples"]
+        else:
+            x = np.asarray(teacher_sample(teacher_params, jnp.asarray(samplers.karras_times(
+                n, sigma_d)), e.sampler))
+            if path:
+                os.makedirs(cache_dir, exist_ok=True)
+                report.write_npz_atomic(path, samples=x, key=np.asarray(key_text))
         score("teacher", x, n)
         sets[f"teacher_{n}"] = x
     for n in e.student_steps:
@@ -803,7 +825,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         task = task.with_evaluator(config.eval.classifier_dir or
                                    os.path.join(workdir, "classifier"))
     results, sets, labels = evaluate(config, task, net, teacher_params, student_params, sigma_d,
-                                     student_net=net_w)
+                                     student_net=net_w,
+                                     cache_dir=teacher_dir.rstrip("/") + "_eval_cache")
     first = min(config.eval.student_steps)
     report.write_npz_atomic(os.path.join(workdir, "samples.npz"),
                             samples=task.to_stored(sets[f"student_{first}"]).astype(np.float32),

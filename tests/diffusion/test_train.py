@@ -208,3 +208,33 @@ def test_label_dropout_replaces_the_given_fraction_by_the_null_class():
     assert abs(dropped.mean() - 0.1) < 0.01  # 10% +- 5 binomial standard deviations
     np.testing.assert_array_equal(out[~dropped], np.asarray(labels)[~dropped])
     assert not np.any(np.asarray(train.drop_labels(jax.random.key(0), labels, 0.0, 10)) == 10)
+
+
+def test_the_teachers_samples_are_cached_beside_it_and_read_back(sct_run, tmp_path):
+    from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
+    from jaxkd.diffusion import tasks  # pylint: disable=g-import-not-at-top
+
+    workdir, results = sct_run
+    cache = os.path.join(workdir, "teacher_eval_cache")
+    files = sorted(os.listdir(cache))
+    assert len(files) == 2  # teacher_steps (1, 4)
+    config = _smoke(sct_moons, **{"method": "scd"})
+    task = tasks.get(config.data.name)
+    net = train._build_net(config, task)
+    with metrics.MetricWriter(str(tmp_path)) as writer:
+        teacher = train.train_teacher(config, task, net, results["sigma_d"],
+                                      os.path.join(workdir, "teacher"), writer, False)
+    # Replace one cached sample set by a point mass: a later evaluation scores that set.
+    path = os.path.join(cache, files[0])
+    with np.load(path) as f:
+        key = f["key"]
+    point = np.zeros((500, 2), np.float32)
+    np.savez(path, samples=point, key=key)
+    again, sets, _ = train.evaluate(config, task, net, teacher, teacher, results["sigma_d"],
+                                    cache_dir=cache)
+    n = json.loads(str(key))["steps"]
+    np.testing.assert_array_equal(sets[f"teacher_{n}"], point)
+    other = 4 if n == 1 else 1
+    assert again[f"teacher/steps_{other}/swd"] == pytest.approx(
+        results[f"teacher/steps_{other}/swd"], rel=1e-6)
+    assert again[f"teacher/steps_{n}/swd"] > 2 * results[f"teacher/steps_{n}/swd"]
