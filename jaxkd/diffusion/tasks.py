@@ -109,9 +109,11 @@ class DigitsTask:
         idx = [rng.choice(np.flatnonzero(labels == c)) for c in self.eval_labels(n)]
         return np.asarray(self.images)[idx]
 
-    def with_evaluator(self, directory: str, seed: int = 0) -> DigitsTask:
+    def with_evaluator(self, directory: str, seed: int = 0, steps: int | None = None
+                       ) -> DigitsTask:
         from jaxkd.diffusion import image_metrics  # pylint: disable=g-import-not-at-top
-        classifier = image_metrics.load_or_train(directory, seed=seed)
+        classifier = image_metrics.load_or_train(
+            directory, seed=seed, steps=steps or image_metrics.DEFAULT_STEPS)
         return dataclasses.replace(self, evaluator=image_metrics.ImageEvaluator(classifier))
 
     def evaluate(self, x: np.ndarray, labels: np.ndarray, key: jax.Array) -> dict[str, float]:

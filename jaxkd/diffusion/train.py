@@ -823,7 +823,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # -- evaluation and outputs
     if task.num_classes:
         task = task.with_evaluator(config.eval.classifier_dir or
-                                   os.path.join(workdir, "classifier"))
+                                   os.path.join(workdir, "classifier"),
+                                   steps=config.eval.classifier_steps)
     results, sets, labels = evaluate(config, task, net, teacher_params, student_params, sigma_d,
                                      student_net=net_w,
                                      cache_dir=teacher_dir.rstrip("/") + "_eval_cache")
