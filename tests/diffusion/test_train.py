@@ -133,8 +133,10 @@ def test_bad_guidance_configs_name_the_key(overrides, match):
 def test_the_guidance_range_check_refuses_outside_and_accepts_inside():
     train.check_scale_in_range(1.0, 1.0, 3.0)
     train.check_scale_in_range(3.0, 1.0, 3.0)
-    with pytest.raises(errors.ConfigError, match=r"guidance scale=0.5 is outside .*\[1.0, 3.0\]"):
-        train.check_scale_in_range(0.5, 1.0, 3.0)
+    for bad in (0.5, 3.5):
+        with pytest.raises(errors.ConfigError,
+                           match=rf"guidance scale={bad} is outside .*\[1.0, 3.0\]"):
+            train.check_scale_in_range(bad, 1.0, 3.0)
 
 
 def test_a_w_conditioned_student_starts_as_its_teacher():
