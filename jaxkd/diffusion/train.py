@@ -721,8 +721,7 @@ def evaluate(config, task, net, teacher_params, student_params, sigma_d: float, 
 
     @jax.jit
     def progressive_sample(params, times):  # the round's n-step student, by DDIM on its grid
-        if config.method == "guided":
-            check_scale_in_range(scale, config.guided.scale_min, config.guided.scale_max)
+        if config.method == "guided":  # (scale inside the trained range: check_config)
             fn = _velocity(student_net, params, lab, jnp.full(z.shape[:1], scale))
         else:
             fn = _velocity(net, params, lab)
