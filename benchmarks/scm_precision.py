@@ -69,14 +69,14 @@ def main(argv=None) -> dict:
     dist = toy.get("ring")
     x0 = dist.sample(jax.random.key(0), batch)
     mlp = lambda dtype: MLPDenoiser(hidden=width, depth=4, dtype=dtype)
-    init = lambda k: mlp("float32").init(jax.random.key(k), x0, jnp.ones(batch))
+    init = lambda k: jax.jit(mlp("float32").init)(jax.random.key(k), x0, jnp.ones(batch))
     for name, value in compare(mlp, init(1), init(2), x0, 1.42).items():
         results[f"mlp/{name}"] = value
 
     # UNet on random images, sCT.
     imgs = 0.5 * jax.random.normal(jax.random.key(3), (8 if a.smoke else 16, size, size, 3))
     unet = lambda dtype: UNet(channels=ch, dtype=dtype)
-    params = unet("float32").init(jax.random.key(4), imgs, jnp.ones(imgs.shape[0]))
+    params = jax.jit(unet("float32").init)(jax.random.key(4), imgs, jnp.ones(imgs.shape[0]))
     params = jax.tree.map(lambda v: v + 0.01, params)
     for name, value in compare(unet, params, None, imgs, 0.5).items():
         results[f"unet/{name}"] = value

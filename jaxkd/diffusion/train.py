@@ -199,7 +199,13 @@ def _cfg_velocity(net, params, labels, scale, num_classes: int):
 def _init_params(net, task, seed: int, guidance: bool = False):
     args = (jnp.zeros(1, jnp.int32),) if task.num_classes else ()
     args += (jnp.ones(1),) if guidance else ()
-    return net.init(jax.random.key(seed), jnp.zeros((1, *task.shape)), jnp.ones(1), *args)
+    return _jit_init(net, jax.random.key(seed), jnp.zeros((1, *task.shape)), jnp.ones(1), *args)
+
+
+def _jit_init(module, *args):
+    """``module.init(*args)`` as one compiled program (run eagerly, a UNet's init compiled one
+    small program per initialiser: ~8 s of a smoke run's start)."""
+    return jax.jit(module.init)(*args)
 
 
 def _model_meta(config, task, guidance: bool = False) -> dict:
@@ -353,7 +359,7 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
 
     def init_state():
         params = teacher_params if sc.init == "teacher" else _init_params(net, task, sc.seed)
-        trainable = {"F": params, "w": weight_net.init(jax.random.key(sc.seed + 2), jnp.ones(1))}
+        trainable = {"F": params, "w": _jit_init(weight_net, jax.random.key(sc.seed + 2), jnp.ones(1))}
         state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
             jax.random.key(sc.seed + 1)), "nonfinite": loop.init_nonfinite(),
             "params": trainable, "opt": tx.init(trainable)}
@@ -363,7 +369,7 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
             x, lab = task.sample(jax.random.key(0), 1)
             feats = bottleneck(net, teacher_params, x, jnp.ones(1),
                                *(() if lab is None else (lab,)))
-            head = head_net.init(jax.random.key(sc.seed + 4), feats)
+            head = _jit_init(head_net, jax.random.key(sc.seed + 4), feats)
             state.update(head=head, head_opt=fake_tx.init(head))
         return state
 
