@@ -38,7 +38,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # The tests in this process compile the same programs again and again too (every driver test
 # builds its teacher/student steps afresh, as new closures the in-memory cache cannot match):
-# the same shared folder serves them, for programs that took a second or more to compile.
+# the same shared folder serves them, for programs that took a second or more to compile
+# (JAXKD_TESTS_INPROCESS_CACHE=0 turns this off, to compare).
 if os.environ.get("JAXKD_TESTS_INPROCESS_CACHE", "1") == "1":
     jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -1,6 +1,6 @@
 """SRe2L's teacher on clean vs DSA-augmented test images (docs/results.md, SRe2L per-crop row).
 
-    .venv/bin/python docs/sweeps/sre2l_teacher_dsa.py [RUN_DIR]   # default runs/dd_digits/sre2l_ipc10
+    .venv/bin/python docs/sweeps/sre2l_teacher_dsa.py [RUN_DIR]   # runs/dd_digits/sre2l_ipc10
 
 Reads the teacher an SRe2L digits run trained (RUN_DIR/teacher) and prints its test accuracy and
 mean confidence on the clean test images and on 20 draws of the evaluation's DSA (one op per
