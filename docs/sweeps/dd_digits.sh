@@ -20,6 +20,19 @@ py=${PYTHON:-.venv/bin/python}
 root="$runs/dd_digits"
 args=(--config.distill.progress=false)
 ipcs=${IPCS:-1 10 50}
+# A method's config file, extra flags and experts folder (sets config, extra, experts).
+variant() {
+  config=$1
+  extra=()
+  case $1 in
+    mtt_soft) config=mtt; extra=(--config.distill.labels=expert --config.distill.lr_label=2.0) ;;
+    sre2l_image) config=sre2l; extra=(--config.sre2l.relabel=image) ;;
+  esac
+  case $1 in
+    ftd|ast) experts="$root/experts_$1" ;;
+    *) experts="$root/experts" ;;
+  esac
+}
 for method in $methods; do
   for ipc in $ipcs; do
     w="$root/${method}_ipc$ipc"
@@ -34,16 +47,7 @@ for method in $methods; do
     for f in "$root"/*_ipc$ipc/baselines.json; do
       [ -f "$f" ] && [ ! -f "$w/baselines.json" ] && cp "$f" "$w/" && break
     done
-    case $method in
-      ftd|ast) experts="$root/experts_$method" ;;
-      *) experts="$root/experts" ;;
-    esac
-    config=$method
-    extra=()
-    case $method in
-      mtt_soft) config=mtt; extra=(--config.distill.labels=expert --config.distill.lr_label=2.0) ;;
-      sre2l_image) config=sre2l; extra=(--config.sre2l.relabel=image) ;;
-    esac
+    variant "$method"
     $py -m experiments.dataset_distill --config "configs/dataset_distill/${config}_digits.py:ipc=$ipc" \
       --workdir "$w" "${args[@]}" --config.experts.dir="$experts" "${extra[@]}" >/dev/null
   done
@@ -56,10 +60,9 @@ if [ "${REEVAL:-0}" = 1 ]; then
       grep -q eval_resnet8 "$run/results.json" && continue
       mkdir -p "$w"
       for f in "$run/baselines.json" "$run/full_baseline.json"; do [ -f "$f" ] && cp "$f" "$w/"; done
-      case $method in ftd|ast) experts="$root/experts_$method" ;; *) experts="$root/experts" ;; esac
-      config=${method%_soft}; config=${config%_image}
+      variant "$method"
       $py -m experiments.dataset_distill --config "configs/dataset_distill/${config}_digits.py:ipc=$ipc" \
-        --workdir "$w" "${args[@]}" --config.experts.dir="$experts" \
+        --workdir "$w" "${args[@]}" --config.experts.dir="$experts" "${extra[@]}" \
         --config.distill.init_file="$run/synthetic.npz" --config.distill.iterations=0 >/dev/null
     done
   done
