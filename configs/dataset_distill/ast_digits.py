@@ -19,6 +19,11 @@ AST_LOSS_SCALE = "0.5,0.5,0.55,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9"
 
 
 def get_config(arg=None):
-    c = mtt_digits.make("sklearn_digits", arg, name="ast")
+    return make("sklearn_digits", arg)
+
+
+def make(data: str, arg=None):
+    """The AST config on ``data`` (also used by ``ast_mnist1d.py``)."""
+    c = mtt_digits.make(data, arg, name="ast")
     c.experts.update(dict(loss_scale=AST_LOSS_SCALE, grad_penalty=2.0))
     return c

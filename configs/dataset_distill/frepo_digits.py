@@ -17,7 +17,12 @@ _IPCS = (1, 10, 50)
 
 
 def get_config(arg=None):
-    args, c = _base.method_config("frepo", "sklearn_digits", arg, _IPCS)
+    return make("sklearn_digits", arg)
+
+
+def make(data: str, arg=None):
+    """The FRePo config on ``data`` (also used by ``frepo_mnist1d.py``)."""
+    args, c = _base.method_config("frepo", data, arg, _IPCS)
     # FRePo's image step is Adam (the paper: lr 0.003 on ZCA-whitened CIFAR). Measured on
     # digits, 300 iterations, 2 evaluation nets (docs/results.md): from random real images at
     # ipc 10, lr 0.0003 / 0.003 / 0.01 / 0.03 / 0.1 give 91.8 / 93.1 / 94.9 / 95.6 / 96.8%

@@ -16,7 +16,12 @@ from configs.dataset_distill import mtt_digits
 
 
 def get_config(arg=None):
-    c = mtt_digits.make("sklearn_digits", arg, name="ftd")
+    return make("sklearn_digits", arg)
+
+
+def make(data: str, arg=None):
+    """The FTD config on ``data`` (also used by ``ftd_mnist1d.py``)."""
+    c = mtt_digits.make(data, arg, name="ftd")
     c.experts.update(dict(sam_rho=0.01, sam_alpha=0.3, sam_adaptive=True))
     # FTD's 0.999 is for thousands of iterations; over 400 a 0.99 average keeps 2% of the init.
     c.distill.ema = 0.99 if c.distill.iterations >= 100 else 0.5

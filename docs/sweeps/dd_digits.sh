@@ -8,6 +8,8 @@
 #   methods: mtt ftd ast dm dc dsa frepo sre2l (default: mtt dm); FTD and AST train their own
 #   experts (experts_ftd/, experts_ast/). Variants: mtt_soft (DATM's learnable soft labels
 #   from the experts, lr 2), sre2l_image (one teacher soft label per image instead of per crop).
+# DATA=mnist1d runs the same table on MNIST-1D (runs/dd_mnist1d; every method but SRe2L, whose
+# BatchNorm teacher has no 1-D counterpart here).
 # Runs made before the ResNet-8 column existed are re-evaluated into reeval/<run>/ (their saved
 # synthetic set, iterations=0); the table takes the column from there:
 #   REEVAL=1 bash docs/sweeps/dd_digits.sh runs mtt dm
@@ -17,7 +19,8 @@ runs=${1:-runs}
 shift || true
 methods=${*:-mtt dm}
 py=${PYTHON:-.venv/bin/python}
-root="$runs/dd_digits"
+data=${DATA:-digits}
+root="$runs/dd_$data"
 args=(--config.distill.progress=false)
 ipcs=${IPCS:-1 10 50}
 # A method's config file, extra flags and experts folder (sets config, extra, experts).
@@ -48,7 +51,7 @@ for method in $methods; do
       [ -f "$f" ] && [ ! -f "$w/baselines.json" ] && cp "$f" "$w/" && break
     done
     variant "$method"
-    $py -m experiments.dataset_distill --config "configs/dataset_distill/${config}_digits.py:ipc=$ipc" \
+    $py -m experiments.dataset_distill --config "configs/dataset_distill/${config}_${data}.py:ipc=$ipc" \
       --workdir "$w" "${args[@]}" --config.experts.dir="$experts" "${extra[@]}" >/dev/null
   done
 done
@@ -61,7 +64,7 @@ if [ "${REEVAL:-0}" = 1 ]; then
       mkdir -p "$w"
       for f in "$run/baselines.json" "$run/full_baseline.json"; do [ -f "$f" ] && cp "$f" "$w/"; done
       variant "$method"
-      $py -m experiments.dataset_distill --config "configs/dataset_distill/${config}_digits.py:ipc=$ipc" \
+      $py -m experiments.dataset_distill --config "configs/dataset_distill/${config}_${data}.py:ipc=$ipc" \
         --workdir "$w" "${args[@]}" --config.experts.dir="$experts" "${extra[@]}" \
         --config.distill.init_file="$run/synthetic.npz" --config.distill.iterations=0 >/dev/null
     done

@@ -302,8 +302,10 @@ def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfi
     """Accuracies of the random-subset, class-mean and full-data baselines (cached on disk).
 
     ``baselines.json`` holds the ipc-dependent two; ``full_baseline.json`` the full-data one,
-    which depends only on the data and ``config.eval``: copy it into another run's workdir
-    (another method or ipc, same evaluation settings) to skip recomputing it.
+    which depends only on the data and the evaluation network, schedule and augmentation
+    (``config.eval`` but its cross-architecture networks and ``learned_lr``): copy it into
+    another run's workdir (another method or ipc, same evaluation settings) to skip
+    recomputing it.
     """
     ipc, nc = config.ipc, data.num_classes
 
@@ -324,12 +326,21 @@ def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfi
                                           data.x_test, data.y_test, ecfg,
                                           epochs=config.eval.full_epochs)}
 
-    data_key = {"data": config.data.name, "eval": config.eval.to_dict()}
+    # Keyed on what each baseline reads, so that evaluation-only settings (cross-architecture
+    # networks, the learned lr of the synthetic set) leave the stored baselines valid.
+    shared = {k: v for k, v in config.eval.to_dict().items() if k in _BASELINE_EVAL_KEYS}
     acc = _cached(os.path.join(workdir, "baselines.json"),
-                  {"ipc": ipc, "seed": config.seed, **data_key}, small)
+                  {"ipc": ipc, "seed": config.seed, "data": config.data.name,
+                   "eval": dict(shared, epochs=config.eval.epochs)}, small)
     if config.eval.full_epochs > 0:
-        acc.update(_cached(os.path.join(workdir, "full_baseline.json"), data_key, full))
+        acc.update(_cached(os.path.join(workdir, "full_baseline.json"),
+                           {"data": config.data.name,
+                            "eval": dict(shared, full_epochs=config.eval.full_epochs)}, full))
     return acc
+
+
+# The ``config.eval`` keys both baselines depend on (besides ``epochs`` / ``full_epochs``).
+_BASELINE_EVAL_KEYS = ("model", "num_nets", "seed", "sgd", "dsa")
 
 
 # ------------------------------------------------------------------------------------ experts

@@ -270,6 +270,10 @@ def test_full_data_baseline_is_shared_through_its_cache_file(mtt_run, tmp_path):
     acc = dd_train.baselines(other, data, model, ecfg, str(tmp_path))
     assert acc["full"] == [0.123] * len(shared["acc"]["full"])
     assert set(acc) == {"random", "class_mean", "full"}
+    # Settings the baselines never read (cross-architecture networks, the learned lr) keep it.
+    other.eval.cross_models, other.eval.learned_lr = "", not other.eval.learned_lr
+    acc = dd_train.baselines(other, data, model, ecfg, str(tmp_path))
+    assert acc["full"] == [0.123] * len(shared["acc"]["full"])
     # Other evaluation settings: the stored value does not apply and is recomputed.
     other.eval.full_epochs = 2.0
     acc = dd_train.baselines(other, data, model, ecfg, str(tmp_path))
