@@ -100,8 +100,7 @@ def dd_config(*, method: str, data: str, ipc: int, seed: int,
     c.sre2l = dict(r_bn=0.01, crop_min_scale=0.08, curriculum=False, temperature=1.0,
                    relabel="crop",
                    teacher=dict(name=d["eval_model"], kwargs=(
-                       dict(d["eval_kwargs"], norm="batch") if d["eval_model"] == "convnet"
-                       else dict(d["eval_kwargs"])),
+                       dict(d["eval_kwargs"], norm="batch")),
                        epochs=30, lr=0.05, batch_size=128, seed=0, dir=""))
     # FRePo: kernel ridge regression on a pool's features (jaxkd.dataset_distill.frepo).
     c.frepo = dict(pool_size=10, max_online_steps=100, batch_real=1024, ridge=1e-6,

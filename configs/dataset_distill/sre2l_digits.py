@@ -20,7 +20,12 @@ _IPCS = (1, 10, 50)
 
 
 def get_config(arg=None):
-    args, c = _base.method_config("sre2l", "sklearn_digits", arg, _IPCS, flags=("cda",))
+    return make("sklearn_digits", arg)
+
+
+def make(data: str, arg=None):
+    """The SRe2L config on ``data`` (also used by ``sre2l_mnist1d.py``)."""
+    args, c = _base.method_config("sre2l", data, arg, _IPCS, flags=("cda",))
     c.sre2l.curriculum = args.cda
     # Recovery: from Gaussian noise, Adam on the images (SRe2L: lr 0.25 on ImageNet). Measured
     # on digits at ipc 10 (1000 iterations, lr 0.1, 2 evaluation nets; docs/results.md): r_bn

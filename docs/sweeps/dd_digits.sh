@@ -8,8 +8,7 @@
 #   methods: mtt ftd ast dm dc dsa frepo sre2l (default: mtt dm); FTD and AST train their own
 #   experts (experts_ftd/, experts_ast/). Variants: mtt_soft (DATM's learnable soft labels
 #   from the experts, lr 2), sre2l_image (one teacher soft label per image instead of per crop).
-# DATA=mnist1d runs the same table on MNIST-1D (runs/dd_mnist1d; every method but SRe2L, whose
-# BatchNorm teacher has no 1-D counterpart here).
+# DATA=mnist1d runs the same table on MNIST-1D (runs/dd_mnist1d).
 # Runs made before the ResNet-8 column existed are re-evaluated into reeval/<run>/ (their saved
 # synthetic set, iterations=0); the table takes the column from there:
 #   REEVAL=1 bash docs/sweeps/dd_digits.sh runs mtt dm

@@ -91,18 +91,25 @@ def random_resized_crop(x: jax.Array, key: jax.Array, min_scale: jax.Array | flo
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
     """Per image: a crop of area fraction ``U[min_scale, 1]`` and aspect ratio log-uniform in
     ``ratio``, at a uniform position inside the image, resized back to ``[H, W]`` (bilinear);
-    differentiable in ``x``."""
+    differentiable in ``x``. Signals ``[B, L, C]``: a segment of length fraction
+    ``U[min_scale, 1]`` resized back to ``L`` (linear; ``ratio`` unused)."""
     b = x.shape[0]
     k_area, k_ratio, k_pos = jax.random.split(key, 3)
     area = jax.random.uniform(k_area, (b,), minval=min_scale, maxval=1.0)
-    log_r = jax.random.uniform(k_ratio, (b,), minval=np.log(ratio[0]), maxval=np.log(ratio[1]))
-    r = jnp.exp(log_r)
-    sx = jnp.clip(jnp.sqrt(area * r), 0.0, 1.0)  # crop width / image width
-    sy = jnp.clip(jnp.sqrt(area / r), 0.0, 1.0)
     u = jax.random.uniform(k_pos, (b, 2), minval=-1.0, maxval=1.0)
+    if x.ndim == 3:  # a signal is an image of height 1 whose crop keeps that row
+        sx, sy = area, jnp.ones_like(area)
+    else:
+        log_r = jax.random.uniform(k_ratio, (b,), minval=np.log(ratio[0]),
+                                   maxval=np.log(ratio[1]))
+        r = jnp.exp(log_r)
+        sx = jnp.clip(jnp.sqrt(area * r), 0.0, 1.0)  # crop width / image width
+        sy = jnp.clip(jnp.sqrt(area / r), 0.0, 1.0)
     cx, cy = u[:, 0] * (1.0 - sx), u[:, 1] * (1.0 - sy)  # the box stays inside [-1, 1]
     zero = jnp.zeros_like(sx)
     theta = jnp.stack([jnp.stack([sx, zero, cx], -1), jnp.stack([zero, sy, cy], -1)], 1)
+    if x.ndim == 3:
+        return affine_warp(x[:, None], theta)[:, 0]
     return affine_warp(x, theta)
 
 

@@ -146,7 +146,8 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
             raise errors.ConfigError(
                 f"config.sre2l: crop_min_scale={s.crop_min_scale} must be in (0, 1], "
                 f"r_bn={s.r_bn} >= 0 and temperature={s.temperature} > 0")
-        if s.teacher.kwargs.get("norm") != "batch" and s.teacher.name == "convnet":
+        if s.teacher.kwargs.get("norm") != "batch" and s.teacher.name in ("convnet",
+                                                                            "convnet1d"):
             raise errors.ConfigError(
                 f"config.sre2l.teacher.kwargs.norm={s.teacher.kwargs.get('norm')!r}: SRe2L "
                 "matches BatchNorm statistics, so the teacher needs norm='batch'")

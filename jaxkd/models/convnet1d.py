@@ -18,6 +18,10 @@ class ConvNet1D(nn.Module):
     Input: float ``[B, L, C]`` (``L`` must stay >= 1 after ``depth`` stride-2 convolutions).
     Output: float32 logits ``[B, num_classes]``.
 
+    ``norm``: ``"none"`` (the paper's network) or ``"batch"``: BatchNorm (running averages kept
+    with momentum 0.9, eps 1e-5, as ``ConvNet``) between each convolution and its ReLU, named
+    ``norm{i}``; SRe2L's teacher needs it (it matches BatchNorm statistics).
+
     Sown into ``intermediates``: ``stage{i}`` (``[B, L_i, width]``, block i's output after ReLU)
     and ``features`` (the flattened input to the classifier).
     """
@@ -26,11 +30,16 @@ class ConvNet1D(nn.Module):
     width: int = 25
     depth: int = 3
     kernel_size: int = 5
+    norm: str = "none"
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        if self.norm not in ("none", "batch"):
+            raise ValueError(f"ConvNet1D: unknown norm {self.norm!r}; valid: none, batch")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # No train/eval-dependent layers.
         if x.ndim != 3:
             raise ValueError(f"ConvNet1D expects input [B, L, C], got shape {x.shape}")
         length = x.shape[1]
@@ -45,6 +54,9 @@ class ConvNet1D(nn.Module):
         for i in range(1, self.depth + 1):
             h = nn.Conv(self.width, (self.kernel_size,), strides=(2,), padding=[(1, 1)],
                         dtype=self.dtype, name=f"conv{i}")(h)
+            if self.norm == "batch":
+                h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 dtype=self.dtype, name=f"norm{i}")(h)
             h = nn.relu(h)
             self.sow("intermediates", f"stage{i}", h)
         h = h.reshape(h.shape[0], -1)

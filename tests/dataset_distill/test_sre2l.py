@@ -62,6 +62,29 @@ def test_random_resized_crop_is_the_identity_at_full_scale_and_zooms_otherwise()
     assert float(jnp.linalg.norm(g)) > 0
 
 
+def test_random_resized_crop_of_signals_is_linear_interpolation_of_a_segment():
+    """[B, L, C]: each output sample interpolates the input linearly inside one segment of
+    length fraction >= min_scale; recomputed with np.interp from the ramp's read-back positions."""
+    x = np.random.default_rng(5).normal(size=(4, 40, 2)).astype(np.float32)
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[None, :, None], (4, 40, 1))
+    key = jax.random.PRNGKey(3)
+    pos = np.asarray(random_resized_crop(jnp.asarray(ramp), key, 0.4))[..., 0]  # positions read
+    out = np.asarray(random_resized_crop(jnp.asarray(x), key, 0.4))
+    for i in range(4):
+        span = pos[i, -1] - pos[i, 0]
+        assert 0.4 * 39 - 1e-3 <= span <= 39 + 1e-3 and pos[i, 0] >= -1e-4
+        np.testing.assert_allclose(np.diff(pos[i]), span / 39, rtol=1e-4)  # evenly spaced
+        for c in range(2):
+            np.testing.assert_allclose(out[i, :, c], np.interp(pos[i], np.arange(40), x[i, :, c]),
+                                       rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(random_resized_crop(jnp.asarray(x), key, 1.0), x, atol=1e-5)
+    # The length fraction is uniform on [min_scale, 1] (mean 0.7, some below 0.45 in 512).
+    many = np.broadcast_to(np.arange(40, dtype=np.float32)[None, :, None], (512, 40, 1))
+    pos = np.asarray(random_resized_crop(jnp.asarray(many), key, 0.4))[..., 0]
+    frac = (pos[:, -1] - pos[:, 0]) / 39
+    assert abs(frac.mean() - 0.7) < 0.03 and frac.min() < 0.45 and frac.max() > 0.95
+
+
 def test_recovery_gradient_relabel_and_the_teacher_is_reused(tmp_path):
     net, v = _variables()
     x = jnp.asarray(RNG.normal(size=(24, 4, 4, 1)), jnp.float32)
@@ -85,8 +108,9 @@ def test_recovery_gradient_relabel_and_the_teacher_is_reused(tmp_path):
     # weighting instead: loss = ce + r_bn * bn.
     np.testing.assert_allclose(float(loss), aux["ce"] + 0.5 * aux["bn"], rtol=1e-5)
     assert float(jnp.linalg.norm(grads["images"])) > 0 and not np.any(grads["labels"])
+    # (jitted and eager float32 logits differ by rounding: ~1e-7 absolute near zero.)
     np.testing.assert_allclose(m.relabel(x[:6]), net.apply(v1, x[:6], train=False) / 2.0,
-                               rtol=1e-6)
+                               rtol=1e-6, atol=1e-6)
     cda = StatisticsRecovery(net, v1, 3, 2, SRe2LConfig(crop_min_scale=0.2, curriculum=True),
                              seed=0)
     assert cda.min_scale(0, 11) == 1.0 and cda.min_scale(10, 11) == pytest.approx(0.2)

@@ -390,3 +390,32 @@ def test_convnet1d_matches_a_numpy_forward_pass():
     expected = h.reshape(2, -1) @ p["head"]["kernel"] + p["head"]["bias"]
     np.testing.assert_allclose(model.apply(variables, x, train=False), expected, rtol=1e-4,
                                atol=1e-5)
+
+
+def test_convnet1d_batch_norm_matches_numpy_in_both_modes():
+    """norm="batch": batch statistics (biased variance) in training, running ones otherwise."""
+    model = build("convnet1d", num_classes=3, width=4, depth=1, norm="batch")
+    x = np.random.default_rng(1).normal(size=(5, 12, 2)).astype(np.float32)
+    variables = model.init(_key(0), x, train=False)
+    p = jax.tree.map(np.asarray, variables["params"])
+    w, b = p["conv1"]["kernel"], p["conv1"]["bias"]
+    hp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (0, 0)))
+    h = np.stack([np.einsum("bkc,kco->bo", hp[:, 2 * j:2 * j + 5], w) for j in range(5)],
+                 axis=1) + b
+    mean, var = h.mean(axis=(0, 1)), h.var(axis=(0, 1))
+    scale, shift = p["norm1"]["scale"], p["norm1"]["bias"]
+
+    def head(z):
+        return np.maximum(z * scale + shift, 0).reshape(5, -1) @ p["head"]["kernel"] + \
+            p["head"]["bias"]
+
+    logits, new = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(logits, head((h - mean) / np.sqrt(var + 1e-5)), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(new["batch_stats"]["norm1"]["mean"], 0.1 * mean, rtol=1e-4,
+                               atol=1e-6)
+    # Inference: the initial running statistics (mean 0, variance 1).
+    np.testing.assert_allclose(model.apply(variables, x, train=False),
+                               head(h / np.sqrt(1 + 1e-5)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="layer"):
+        build("convnet1d", num_classes=3, norm="layer")
