@@ -114,7 +114,8 @@ def test_ema_teacher_is_the_students_moving_average():
                    np.float64)
     assert np.abs(s - t).max() > 1e-3
     _, m2 = step(state, glob(batch))
-    np.testing.assert_allclose(m2["kd"], _np_hinton(s, t, batch["mask"]), rtol=2e-5)
+    # float32 KL between two close networks cancels: ~1e-7 absolute rounding (CPU-dependent).
+    np.testing.assert_allclose(m2["kd"], _np_hinton(s, t, batch["mask"]), rtol=2e-5, atol=1e-6)
 
 
 def test_ema_teacher_needs_momentum():
