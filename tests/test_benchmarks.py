@@ -8,6 +8,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _env(devices: int) -> dict:
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                + os.environ.get("JAXKD_TESTS_XLA_FLAGS", ""))
+
+
 def test_kd_step_benchmark_prints_its_ratios():
     r = subprocess.run(
         [sys.executable, "benchmarks/kd_step.py", "--teacher", "mlp", "--teacher-kwargs",
@@ -15,7 +20,7 @@ def test_kd_step_benchmark_prints_its_ratios():
          "--image-size", "8", "--channels", "1", "--num-classes", "10", "--batch", "16",
          "--steps", "2", "--rounds", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        env=_env(2))
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["kd_over_ce"] > 0 and out["cached_over_ce"] > 0
@@ -29,7 +34,7 @@ def test_kd_methods_benchmark_prints_a_ratio_per_method():
         [sys.executable, "benchmarks/kd_methods_step.py", "--batch", "8", "--image-size", "8",
          "--num-classes", "10", "--steps", "1", "--rounds", "1", "--methods", "dkd,rkd,crd,vid"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        env=_env(1))
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(out) == {f"{m}_over_hinton" for m in ("hinton", "dkd", "rkd", "crd", "vid")} | {
@@ -41,7 +46,7 @@ def test_cache_step_benchmark_prints_its_ratios(tmp_path):
     r = subprocess.run(
         [sys.executable, "benchmarks/cache_step.py", "--smoke", "--data-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        env=_env(2))
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["cached_over_ce"] > 0 and out["live_over_ce"] > 0 and out["bytes_per_example"] > 0

@@ -105,7 +105,8 @@ def test_the_check_before_training_catches_a_bad_layer():
 @pytest.mark.parametrize("path", SMOKE)
 def test_smoke_run_through_the_cli(path, tmp_path):
     family = path.split("/")[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+               + os.environ.get("JAXKD_TESTS_XLA_FLAGS", ""),
                JAX_PLATFORMS="cpu")
     r = subprocess.run(
         [sys.executable, "-m", f"experiments.{family}", "--config", f"{path}:smoke",

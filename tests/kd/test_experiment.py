@@ -159,7 +159,8 @@ def _cli(workdir, *extra, env=None):
 
 def _env(devices=8):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        + os.environ.get("JAXKD_TESTS_XLA_FLAGS", ""))
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

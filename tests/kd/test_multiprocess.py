@@ -39,7 +39,7 @@ def _restore_all(workdir):
 @pytest.mark.slow
 def test_two_processes_agree_and_checkpoint_restores_in_one_process(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = env.get("JAXKD_TESTS_XLA_FLAGS", "")  # launch/local.py sets the count
     multi = tmp_path / "multi"
     r = subprocess.run(
         [sys.executable, os.path.join(ROOT, "launch", "local.py"), "-n", "2",
@@ -54,7 +54,8 @@ def test_two_processes_agree_and_checkpoint_restores_in_one_process(tmp_path):
     # The same global batches on one process with 4 devices give the same parameters.
     single = tmp_path / "single"
     r = subprocess.run(_cmd(single), cwd=ROOT, capture_output=True, text=True, timeout=400,
-                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+                       env=dict(env, XLA_FLAGS=env["XLA_FLAGS"]
+                                + " --xla_force_host_platform_device_count=4"))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _restore_all(multi), _restore_all(single)
     for run in RUNS:
