@@ -10,7 +10,10 @@ the student in one step, and prints each swd, the floor (true samples against tr
 and the ratio the issue's goal reads (student 1-step over teacher 64-step).
 
     .venv/bin/python docs/sweeps/toy_large_eval.py runs/diffusion/2d/moons/scd_s{0,1}
-        [--n 100000] [--draws 3] [--teacher-steps 16 64]     # ~2-4 min per teacher, one core
+        [--n 100000] [--draws 3] [--teacher-steps 16 64]
+
+Cost on a core shared with another job: ~5 min per draw for a teacher's 64-step samples (kept
+beside the teacher, reused by later calls), ~1 min per draw for each run's student.
 """
 
 import argparse
