@@ -2,14 +2,17 @@
 
     python benchmarks/trajectory_memory.py            # ConvNet-3 w128, 100 x 32x32x3 (~15 min)
     python benchmarks/trajectory_memory.py --smoke    # tiny, for tests
+    python benchmarks/trajectory_memory.py --method scan   # ours as one lax.scan program (GPU/TPU)
 
 One step = ``N`` SGD steps of the network on the synthetic images (DSA on), the normalised
 parameter distance to an expert's target, and the gradient with respect to the images, labels
 and the learnable inner learning rate.
 
 Memory is XLA's compiled ``memory_analysis()`` (deterministic; argument + output + temp - alias):
-- ours: :meth:`jaxkd.dataset_distill.unroll.Unroller.memory_bytes` with ``method="reverse"``
-  (the largest of its per-step programs plus the ``N`` stored parameter vectors);
+- ours: :meth:`jaxkd.dataset_distill.unroll.Unroller.memory_bytes` with ``--method``:
+  ``reverse`` (default; the largest of its per-step programs plus the ``N`` stored parameter
+  vectors) or ``scan`` (one ``lax.scan`` + ``jax.checkpoint`` program, the form for
+  accelerators, where XLA:CPU's slow while loops do not apply);
 - naive: reverse-mode autodiff through the ``N`` steps with every residual kept. At ``N`` <= 20
   it is measured on the Python-unrolled program (what a direct port does); beyond, compiling
   the unrolled program takes minutes, so it is measured on the equivalent ``lax.scan`` without
@@ -65,6 +68,8 @@ def main() -> None:
                    help="largest N whose naive memory is measured on the unrolled program")
     p.add_argument("--strategy", default="color_crop_cutout_flip_scale_rotate",
                    help="DSA strategy inside the unrolled steps")
+    p.add_argument("--method", default="reverse", choices=("reverse", "scan"),
+                   help="our exact hypergradient: host loop of per-step VJPs, or one scan")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (tests)")
     a = p.parse_args()
     if a.smoke:
@@ -85,7 +90,7 @@ def main() -> None:
         return {"idx": np.tile(np.arange(a.images, dtype=np.int32), (n, 1)),
                 "key": jax.random.split(jax.random.key(1), n)}
 
-    ours, naive = Unroller(step, _outer, method="reverse"), Unroller(step, _outer, method="naive")
+    ours, naive = Unroller(step, _outer, method=a.method), Unroller(step, _outer, method="naive")
     scan_naive = _scan_no_remat(step, _outer)
     mem = {}
     for n in counts:
@@ -120,7 +125,7 @@ def main() -> None:
     out = {f"ours_{hi}_over_ours_{lo}": mem[f"ours_{hi}"] / mem[f"ours_{lo}"],
            f"ours_over_naive_{hi}": mem[f"ours_{hi}"] / naive_bytes(hi),
            f"time_ours_over_naive_{a.time_steps}": t_ours / t_naive,
-           "bytes": mem, "devices": jax.device_count(), "backend": jax.default_backend()}
+           "method": a.method, "bytes": mem, "devices": jax.device_count(), "backend": jax.default_backend()}
     print(json.dumps(out))
 
 
