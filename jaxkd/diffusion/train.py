@@ -133,6 +133,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if s.tangent_warmup < 0 or s.tangent_norm < 0:
         raise errors.ConfigError(f"config.student.tangent_warmup={s.tangent_warmup} and "
                                  f"tangent_norm={s.tangent_norm} must be >= 0")
+    if s.optimizer.get("schedule", "constant") not in ("constant", "cosine"):
+        raise errors.ConfigError(f"config.student.optimizer.schedule="
+                                 f"{s.optimizer.schedule!r} is not valid: use constant or cosine")
+    ema = s.get("ema", 0.0)
+    if not 0 <= ema < 1:
+        raise errors.ConfigError(f"config.student.ema={ema} must be in [0, 1) (0: no EMA)")
+    if ema and config.method in ("progressive", "guided"):
+        raise errors.ConfigError(f"config.student.ema={ema}: the student EMA is for the "
+                                 f"consistency and score methods, not {config.method!r} (use 0)")
 
 
 def _check_guidance(config: ml_collections.ConfigDict) -> None:
@@ -218,9 +227,21 @@ def _model_meta(config, task, guidance: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------------------------- training
-def _adam(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    tx = optax.adam(cfg.lr, b1=0.9, b2=cfg.b2)
+def _adam(cfg: ml_collections.ConfigDict, total_steps: int = 0) -> optax.GradientTransformation:
+    """Adam from ``cfg`` (``lr``, ``b2``, ``grad_clip``; ``schedule``: "constant", the default,
+    or "cosine", decaying ``lr`` to 0 over ``total_steps``)."""
+    schedule = cfg.get("schedule", "constant")
+    if schedule not in ("constant", "cosine"):
+        raise errors.ConfigError(f"optimizer schedule {schedule!r} is not valid: use constant "
+                                 "or cosine")
+    lr = optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1)) if schedule == "cosine" else cfg.lr
+    tx = optax.adam(lr, b1=0.9, b2=cfg.b2)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx
+
+
+def ema_update(ema, params, decay: float):
+    """``decay * ema + (1 - decay) * params``, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
 
 
 def _fit(name: str, directory: str, init_state, step, total: int, meta: dict, writer,
@@ -291,7 +312,7 @@ def train_teacher(config, task, net, sigma_d: float, directory: str, writer,
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        ema = jax.tree.map(lambda e, p: tc.ema * e + (1 - tc.ema) * p, state["ema"], params)
+        ema = ema_update(state["ema"], params, tc.ema)
         new = {**state, "params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}
         return _guarded(state, new, loss, grads)
 
@@ -310,7 +331,10 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
     teacher at guidance ``config.guidance.scale``."""
     sc = config.student
     weight_net = AdaptiveWeight(emb_dim=sc.weight_emb_dim)
-    tx = _adam(sc.optimizer)
+    tx = _adam(sc.optimizer, sc.steps)
+    # An EMA of the student's weights (``student.ema`` > 0), which is then what is returned,
+    # sampled and evaluated; 0: the weights themselves (runs made before the key existed).
+    student_ema = float(sc.get("ema", 0.0))
     distill = config.method in ("scd", "rcm", "dmd2", "cd", "sds", "vsd")
     discrete = config.method in ("cd", "ct")  # discrete-time consistency (iCT's improvements)
     dc = config.discrete
@@ -364,6 +388,8 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
         state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(
             jax.random.key(sc.seed + 1)), "nonfinite": loop.init_nonfinite(),
             "params": trainable, "opt": tx.init(trainable)}
+        if student_ema:
+            state["ema"] = params
         if uses_fake:  # the fake score starts as the teacher
             state.update(fake=teacher_params, fake_opt=fake_tx.init(teacher_params))
         if gan:
@@ -517,6 +543,8 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt,
                "step": state["step"] + 1}
+        if student_ema:
+            new["ema"] = ema_update(state["ema"], new["params"]["F"], student_ema)
         if uses_fake:
             new.update(fake=fake, fake_opt=fake_opt)
         if gan:
@@ -544,7 +572,7 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
                  lambda s: step(s, teacher_params, sigmas_at(int(s["step"])), pool,
                                 sim_index_at(int(s["step"]))),
                  sc.steps, meta, writer, sc, progress)
-    return jax.device_get(state["params"]["F"])
+    return jax.device_get(state["ema"] if student_ema else state["params"]["F"])
 
 
 def progressive_grid(config, sigma_d: float, n: int) -> np.ndarray:
@@ -567,7 +595,7 @@ def train_guided(config, task, net, net_w, teacher_params, sigma_d: float, direc
     ``F_u + w (F_c - F_u)`` at ``w`` uniform on ``[scale_min, scale_max]`` (one network
     evaluation instead of two). Initialised from the teacher (its guidance layers at zero)."""
     g, sc, tc = config.guided, config.student, config.teacher
-    tx = _adam(sc.optimizer)
+    tx = _adam(sc.optimizer, g.steps)
 
     def init_state():
         params = _init_params(net_w, task, sc.seed, guidance=True)
@@ -625,7 +653,7 @@ def train_progressive(config, task, net, teacher_params, sigma_d: float, directo
     round draws ``w`` per example on the trained range (the student keeps ``w`` as an input).
     """
     pc, sc = config.progressive, config.student
-    tx = _adam(sc.optimizer)
+    tx = _adam(sc.optimizer, pc.steps_per_round)  # (a schedule restarts with each round)
     scale, num_classes = float(config.guidance.scale), task.num_classes
     models, teacher, n = {}, teacher_params, pc.start_steps
     while n > 1:

@@ -99,6 +99,34 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, once, teacher)))
 
 
+def test_the_student_ema_is_the_recurrence_over_its_iterates(sct_run, tmp_path):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
+    from jaxkd.diffusion import tasks  # pylint: disable=g-import-not-at-top
+
+    workdir, results = sct_run
+    config = _smoke(sct_moons, **{"method": "scd"})
+    dist = tasks.get(config.data.name)
+    net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
+    sd, d = results["sigma_d"], 0.6
+    with metrics.MetricWriter(str(tmp_path)) as writer:
+        teacher = train.train_teacher(config, dist, net, sd, os.path.join(workdir, "teacher"),
+                                      writer, False)
+        thetas = [teacher]  # the student starts as the teacher; its weights after 1 and 2 steps
+        for n in (1, 2):
+            config.student.steps = n
+            thetas.append(train.train_student(config, dist, net, teacher, sd,
+                                              str(tmp_path / "plain"), writer, False))
+        config.student.ema = d
+        ema = train.train_student(config, dist, net, teacher, sd, str(tmp_path / "ema"), writer,
+                                  False)
+    expected = jax.tree.map(lambda t0, t1, t2: d * d * t0 + (1 - d) * (d * t1 + t2), *thetas)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 ema, expected)
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, ema, thetas[2])))
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"eval.teacher_steps": (0, 4)}, "config.eval.teacher_steps"),
     ({"eval.student_steps": (1, 3)}, "no '3' entry"),
@@ -107,6 +135,9 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     ({"method": "lcm"}, "config.method"),
     ({"eval.sampler": "rk4"}, "config.eval.sampler"),
     ({"method": "sct", "student.tbcm.enabled": True}, "use scd"),
+    ({"student.ema": 1.0}, r"config.student.ema=1.0 must be in \[0, 1\)"),
+    ({"method": "progressive", "student.ema": 0.9}, "not 'progressive'"),
+    ({"student.optimizer.schedule": "linear"}, "config.student.optimizer.schedule='linear'"),
 ])
 def test_bad_configs_name_the_key(overrides, match):
     with pytest.raises(errors.ConfigError, match=match):
