@@ -45,7 +45,8 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # scratch; tangent warm-up r = min(1, step / tangent_warmup); tangent normalisation c.
     # ``tbcm``: train sCD at points of the teacher's own DDIM trajectories (image-free).
     # ``ema`` > 0: the student is evaluated (and returned) as an EMA of its weights with that
-    # decay; ``optimizer.schedule``: "constant" or "cosine" (to 0 over the student's steps).
+    # decay (warm start: min(ema, (1 + k) / (10 + k)) at update k); ``optimizer.schedule``:
+    # "constant" or "cosine" (to 0 over the student's steps).
     c.student = dict(steps=4000, batch_size=1024, p_mean=-1.0, p_std=1.4, init="teacher",
                      tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,
                      optimizer=dict(_adam(1e-4), schedule="constant"), ema=0.0,

@@ -334,6 +334,8 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
     tx = _adam(sc.optimizer, sc.steps)
     # An EMA of the student's weights (``student.ema`` > 0), which is then what is returned,
     # sampled and evaluated; 0: the weights themselves (runs made before the key existed).
+    # Its decay at update k is min(ema, (1 + k) / (10 + k)), so the initial weights (the
+    # teacher's, a poor 1-step model) are forgotten within the first steps whatever the decay.
     student_ema = float(sc.get("ema", 0.0))
     distill = config.method in ("scd", "rcm", "dmd2", "cd", "sds", "vsd")
     discrete = config.method in ("cd", "ct")  # discrete-time consistency (iCT's improvements)
@@ -543,8 +545,10 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt,
                "step": state["step"] + 1}
-        if student_ema:
-            new["ema"] = ema_update(state["ema"], new["params"]["F"], student_ema)
+        if student_ema:  # warm start: update k uses min(ema, (1 + k) / (10 + k))
+            k = (state["step"] + 1).astype(jnp.float32)
+            new["ema"] = ema_update(state["ema"], new["params"]["F"],
+                                    jnp.minimum(student_ema, (1 + k) / (10 + k)))
         if uses_fake:
             new.update(fake=fake, fake_opt=fake_opt)
         if gan:
