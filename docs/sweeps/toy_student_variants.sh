@@ -17,6 +17,8 @@ flags() {
   case $1 in
     base) echo "" ;;
     ema999) echo "--config.student.ema=0.999" ;;
+    ema99) echo "--config.student.ema=0.99" ;;
+    dmd0.1) echo "--config.rcm.weight=0.1" ;;
     cosine) echo "--config.student.optimizer.schedule=cosine" ;;
     cosine_lr3e-4) echo "--config.student.optimizer.schedule=cosine --config.student.optimizer.lr=3e-4" ;;
     ema999_lr3e-4) echo "--config.student.ema=0.999 --config.student.optimizer.lr=3e-4" ;;
