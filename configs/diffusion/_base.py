@@ -46,10 +46,15 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # ``tbcm``: train sCD at points of the teacher's own DDIM trajectories (image-free).
     # ``ema`` > 0: the student is evaluated (and returned) as an EMA of its weights with that
     # decay (warm start: min(ema, (1 + k) / (10 + k)) at update k); ``optimizer.schedule``:
-    # "constant" or "cosine" (to 0 over the student's steps).
+    # "constant" or "cosine" (to 0 over the student's steps). Cosine for sCD and rCM on 2-D
+    # data: at a constant lr their 1-step students ended 3-4x the teacher's 64-step sliced
+    # Wasserstein distance on moons at 100,000 samples, with the decay 1.2-1.3x (docs/results.md,
+    # "The 2-D goal above the noise floor"); the other methods keep the setting they were
+    # measured with.
+    schedule = "cosine" if not digits and method in ("scd", "rcm") else "constant"
     c.student = dict(steps=4000, batch_size=1024, p_mean=-1.0, p_std=1.4, init="teacher",
                      tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,
-                     optimizer=dict(_adam(1e-4), schedule="constant"), ema=0.0,
+                     optimizer=dict(_adam(1e-4), schedule=schedule), ema=0.0,
                      tbcm=dict(enabled=False, num_trajectories=4096, grid_steps=32), **loop)
     if digits:
         c.student.update(dict(steps=2000, batch_size=128, tangent_warmup=500))

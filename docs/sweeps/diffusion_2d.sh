@@ -5,6 +5,8 @@
 # (results.json) is skipped; an interrupted one resumes. Students: ~15-30 min each on one core.
 #   [METHODS="scd sct ..."] [SEEDS="0 1 2"] bash docs/sweeps/diffusion_2d.sh [RUNS_DIR] [SET ...]
 #   sets: ring moons checkerboard (default: all three)
+# EXTRA="--config.x=y ...": flags added to every run (the sCD/rCM tables made before their
+# configs moved to a cosine lr: EXTRA=--config.student.optimizer.schedule=constant).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}
@@ -22,7 +24,7 @@ for set in $sets; do
       # The student's seed varies; the teacher stays the set's seed-0 one (settings checked).
       $py -m experiments.diffusion --config "configs/diffusion/${method}_${set}.py:seed=$seed" \
         --workdir "$w" --config.teacher.dir="$root/${set}/teacher" --config.teacher.seed=0 \
-        --config.progress=false >/dev/null
+        --config.progress=false ${EXTRA:-} >/dev/null
     done
   done
 done

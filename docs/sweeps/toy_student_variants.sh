@@ -3,13 +3,15 @@
 # samples): the same sCD run with one setting changed at a time, then every variant
 # re-measured by docs/sweeps/toy_large_eval.py (2 draws; teacher at 64 steps, cached).
 # Resumable (a finished run is skipped). Reuses the set's seed-0 teacher of diffusion_2d.sh.
-#   [SET=moons] [METHOD=scd] bash docs/sweeps/toy_student_variants.sh [RUNS_DIR] [VARIANT ...]
+#   [SET=moons] [METHOD=scd] [SEEDS=0] bash docs/sweeps/toy_student_variants.sh [RUNS_DIR] [VARIANT ...]
+# Runs land in RUNS_DIR/diffusion/2d/<set>_variants/<method>_<variant>_s<seed>.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-runs}
 shift || true
 set_=${SET:-moons}
 method=${METHOD:-scd}
+seeds=${SEEDS:-0}
 py=${PYTHON:-.venv/bin/python}
 root="$runs/diffusion/2d"
 # name -> the flags it changes (base: configs/diffusion/<method>_<set>.py, seed 0)
@@ -33,13 +35,15 @@ variants=${*:-ema999 cosine}
 done_runs=()
 for v in $variants; do
   f=$(flags "$v")
-  w="$root/${set_}_variants/${method}_$v"
-  if [ ! -f "$w/results.json" ]; then
-    # shellcheck disable=SC2086  # (flags are word-split on purpose)
-    $py -m experiments.diffusion --config "configs/diffusion/${method}_${set_}.py" \
-      --workdir "$w" --config.teacher.dir="$root/$set_/teacher" --config.progress=false \
-      $f >/dev/null
-  fi
-  done_runs+=("$w")
+  for seed in $seeds; do
+    w="$root/${set_}_variants/${method}_${v}_s$seed"
+    if [ ! -f "$w/results.json" ]; then
+      # shellcheck disable=SC2086  # (flags are word-split on purpose)
+      $py -m experiments.diffusion --config "configs/diffusion/${method}_${set_}.py:seed=$seed" \
+        --workdir "$w" --config.teacher.dir="$root/$set_/teacher" --config.teacher.seed=0 \
+        --config.progress=false $f >/dev/null
+    fi
+    done_runs+=("$w")
+  done
 done
 $py docs/sweeps/toy_large_eval.py --draws 2 "${done_runs[@]}"
