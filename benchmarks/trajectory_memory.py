@@ -125,7 +125,8 @@ def main() -> None:
     out = {f"ours_{hi}_over_ours_{lo}": mem[f"ours_{hi}"] / mem[f"ours_{lo}"],
            f"ours_over_naive_{hi}": mem[f"ours_{hi}"] / naive_bytes(hi),
            f"time_ours_over_naive_{a.time_steps}": t_ours / t_naive,
-           "method": a.method, "bytes": mem, "devices": jax.device_count(), "backend": jax.default_backend()}
+           "method": a.method, "bytes": mem, "devices": jax.device_count(),
+           "backend": jax.default_backend()}
     print(json.dumps(out))
 
 

@@ -49,8 +49,8 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # "constant" or "cosine" (to 0 over the student's steps). Cosine for sCD and rCM on 2-D
     # data: at a constant lr their 1-step students ended 3-4x the teacher's 64-step sliced
     # Wasserstein distance on moons at 100,000 samples, with the decay 1.2-1.3x (docs/results.md,
-    # "The 2-D goal above the noise floor"); the other methods keep the setting they were
-    # measured with.
+    # "What limited the 1-step student"); the other methods keep the setting they were measured
+    # with.
     schedule = "cosine" if not digits and method in ("scd", "rcm") else "constant"
     c.student = dict(steps=4000, batch_size=1024, p_mean=-1.0, p_std=1.4, init="teacher",
                      tangent_warmup=1000, tangent_norm=0.1, weight_emb_dim=128, seed=seed + 100,

@@ -133,9 +133,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if s.tangent_warmup < 0 or s.tangent_norm < 0:
         raise errors.ConfigError(f"config.student.tangent_warmup={s.tangent_warmup} and "
                                  f"tangent_norm={s.tangent_norm} must be >= 0")
-    if s.optimizer.get("schedule", "constant") not in ("constant", "cosine"):
-        raise errors.ConfigError(f"config.student.optimizer.schedule="
-                                 f"{s.optimizer.schedule!r} is not valid: use constant or cosine")
+    if s.optimizer.get("schedule", "constant") not in SCHEDULES:
+        raise errors.ConfigError(f"config.student.optimizer.schedule={s.optimizer.schedule!r} "
+                                 f"is not valid: use one of {', '.join(SCHEDULES)}")
     ema = s.get("ema", 0.0)
     if not 0 <= ema < 1:
         raise errors.ConfigError(f"config.student.ema={ema} must be in [0, 1) (0: no EMA)")
@@ -227,14 +227,18 @@ def _model_meta(config, task, guidance: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------------------------- training
+SCHEDULES = ("constant", "cosine")  # a student's ``optimizer.schedule``
+
+
 def _adam(cfg: ml_collections.ConfigDict, total_steps: int = 0) -> optax.GradientTransformation:
     """Adam from ``cfg`` (``lr``, ``b2``, ``grad_clip``; ``schedule``: "constant", the default,
     or "cosine", decaying ``lr`` to 0 over ``total_steps``)."""
     schedule = cfg.get("schedule", "constant")
-    if schedule not in ("constant", "cosine"):
-        raise errors.ConfigError(f"optimizer schedule {schedule!r} is not valid: use constant "
-                                 "or cosine")
-    lr = optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1)) if schedule == "cosine" else cfg.lr
+    if schedule not in SCHEDULES:
+        raise errors.ConfigError(f"optimizer schedule {schedule!r} is not valid: use one of "
+                                 f"{', '.join(SCHEDULES)}")
+    lr = (optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1)) if schedule == "cosine"
+          else cfg.lr)
     tx = optax.adam(lr, b1=0.9, b2=cfg.b2)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx) if cfg.grad_clip else tx
 
