@@ -10,7 +10,12 @@ the student in one step, and prints each swd, the floor (true samples against tr
 and the ratio the issue's goal reads (student 1-step over teacher 64-step).
 
     .venv/bin/python docs/sweeps/toy_large_eval.py runs/diffusion/2d/moons/scd_s{0,1}
-        [--n 100000] [--draws 3] [--teacher-steps 16 64]
+        [--n 100000] [--draws 3] [--teacher-steps 16 64] [--pairs]
+
+``--pairs``: also compare each student sample with the teacher's sample from the same noise
+(the largest ``--teacher-steps``): the median and 99th percentile of their distance, the
+fraction farther apart than 0.1, and the difference of the two clouds' means (a translation
+v alone costs SW2 = |v| / sqrt(2)).
 
 Cost on a core shared with another job: ~5 min per draw for a teacher's 64-step samples (kept
 beside the teacher, reused by later calls), ~1 min per draw for each run's student.
@@ -62,6 +67,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--teacher-steps", type=int, nargs="+", default=[64])
+    p.add_argument("--pairs", action="store_true",
+                   help="per-sample distances to the teacher's sample from the same noise")
     a = p.parse_args(argv)
     rows, memo = [], {}
     for run in a.runs:
@@ -97,6 +104,14 @@ def main(argv=None):
                 if path not in memo:  # (an XLA sort of 256 x 10^5 values: ~20 s a call)
                     memo[path] = swd(np.load(path))
                 out.setdefault(f"teacher_{n}", []).append(memo[path])
+                if a.pairs and n == max(a.teacher_steps):
+                    dist = np.linalg.norm(np.asarray(x) - np.load(path), axis=-1)
+                    shift = np.asarray(x).mean(0) - np.load(path).mean(0)
+                    for k, v in (("pair_median", np.median(dist)),
+                                 ("pair_q99", np.quantile(dist, 0.99)),
+                                 ("pair_frac_over_0.1", np.mean(dist > 0.1)),
+                                 ("mean_shift_norm", np.linalg.norm(shift))):
+                        out.setdefault(k, []).append(float(v))
             fk = (config.data.name, json.dumps(config.data.kwargs.to_dict(), sort_keys=True), d)
             if fk not in memo:
                 memo[fk] = swd(task.dist.sample(jax.random.fold_in(key, 4), a.n))
