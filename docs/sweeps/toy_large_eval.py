@@ -105,8 +105,9 @@ def main(argv=None):
                     memo[path] = swd(np.load(path))
                 out.setdefault(f"teacher_{n}", []).append(memo[path])
                 if a.pairs and n == max(a.teacher_steps):
-                    dist = np.linalg.norm(np.asarray(x) - np.load(path), axis=-1)
-                    shift = np.asarray(x).mean(0) - np.load(path).mean(0)
+                    xs, xt = np.asarray(x), np.load(path)
+                    dist = np.linalg.norm(xs - xt, axis=-1)
+                    shift = xs.mean(0) - xt.mean(0)
                     for k, v in (("pair_median", np.median(dist)),
                                  ("pair_q99", np.quantile(dist, 0.99)),
                                  ("pair_frac_over_0.1", np.mean(dist > 0.1)),
