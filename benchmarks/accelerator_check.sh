@@ -6,9 +6,12 @@
 #   bash benchmarks/accelerator_check.sh OUT_DIR [PART ...]
 #   parts: env unroll consistency tests tests_highest trajectory_scan precision consistency_b128
 #          kd trajectory_reverse (default: all, in that order)
-# ``unroll`` runs tests/dataset_distill/test_unroll.py alone, serially, with output shown: its
-# DSA exactness test aborted the process on an H200 (2026-11-28), and only a serial run puts
-# XLA's message in the log.
+# ``unroll`` runs tests/dataset_distill/test_unroll.py alone, serially, with output shown, and
+# with XLA's Triton GEMM fusion off: on an H200 (jax 0.11.2, 2026-11-28) compiling the NAIVE
+# unrolled hypergradient of the test's ConvNet (width 8, depth 2, 8x8 images) aborted the
+# process in XLA:GPU's gemm fusion ("triton_tiling_propagation.cc:703 Check failed:
+# subdim_size_accumulator == dim_size (4 vs. 3)"); ours (scan, reverse) compiled. With
+# --xla_gpu_enable_triton_gemm=false all three compile and the test checks exactness.
 # ``tests`` runs at JAX's default matmul precision (on NVIDIA GPUs that lets XLA use TF32 for
 # float32 dots and convolutions); ``tests_highest`` re-runs the failures of ``tests`` with
 # JAX_DEFAULT_MATMUL_PRECISION=highest, which tells precision apart from a real error.
@@ -28,7 +31,7 @@ platform=${JAX_PLATFORMS:-}
 # (issue 5), the exact hypergradient vs naive autodiff (issue 4), the losses against NumPy.
 # A crashed xdist worker is not replaced (a replacement would re-run the crashing test).
 tests=(tests/diffusion/test_scm.py tests/diffusion/test_dmd.py tests/diffusion/test_progressive.py
-       tests/dataset_distill/test_unroll.py tests/losses/test_kd.py tests/losses/test_dataset.py)
+       tests/losses/test_kd.py tests/losses/test_dataset.py)  # test_unroll.py: part ``unroll``
 xdist=(-n 8 --dist loadfile --max-worker-restart 0 -rfE)
 
 # part NAME SECONDS CMD...: run CMD under a time limit, log it, keep its last line.
@@ -46,6 +49,7 @@ for p in $parts; do
   case $p in
     env) part env 30 bash -c "nvidia-smi -L 2>/dev/null; $py -c 'import sys, jax, flax, optax, orbax.checkpoint as o, importlib.metadata as m; print(sys.version.split()[0], \"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"orbax\", m.version(\"orbax-checkpoint\"), jax.devices())'" ;;
     unroll) part unroll 120 env JAX_PLATFORMS="${platform}" JAXKD_TESTS_XLA_OPT=1 \
+              XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
               $py -m pytest -q -n 0 -s -rfE tests/dataset_distill/test_unroll.py ;;
     tests) part tests 180 env JAX_PLATFORMS="${platform}" JAXKD_TESTS_XLA_OPT=1 \
              $py -m pytest -q "${xdist[@]}" "${tests[@]}" ;;

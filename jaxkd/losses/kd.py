@@ -684,6 +684,10 @@ def weighted_kd_loss(
     return (temperature**2) * weighted_sum / jnp.where(total > 0, total, 1.0)
 
 
+# Relative spread of influence scores below which they count as equal (8 float32 ulps).
+_SCORE_RESOLUTION = 8 * float(jnp.finfo(jnp.float32).eps)
+
+
 def influence_weights(
     per_example_grads: jax.Array,
     reference_grad: jax.Array,
@@ -702,7 +706,8 @@ def influence_weights(
     the identity: an approximation, not the exact influence.
 
     The scores are standardised over the counted examples, ``z_i = (score_i - mean) / std`` (a
-    batch of equal scores gives ``z = 0``), and the weights are ``sigmoid(scale * z_i)`` in
+    batch of equal scores, or of scores whose spread is below 8 float32 ulps of their largest
+    magnitude, gives ``z = 0``), and the weights are ``sigmoid(scale * z_i)`` in
     ``(0, 1)``; masked examples get weight 0.
 
     Args:
@@ -720,7 +725,14 @@ def influence_weights(
     scores = jnp.matmul(per_example_grads.astype(jnp.float32),
                         reference_grad.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
     weights = _example_weights(mask, scores.shape)
-    mean = _weighted_mean(scores, weights)
-    var = _weighted_mean(jnp.square(scores - mean), weights)
-    z = (scores - mean) / jnp.sqrt(jnp.maximum(var, 1e-36))
-    return jnp.where(weights > 0, jax.nn.sigmoid(scale * z), 0.0)
+    # Standardise the scores shifted by one counted score: equal scores then give exactly 0
+    # (a mean of equal float32 values can miss them by an ulp, which z would blow up to +-1, as
+    # it did on a GPU). A spread below float32's resolution of the scores' magnitude is rounding,
+    # not signal: such scores count as equal.
+    counted = weights > 0
+    shifted = scores - scores[jnp.argmax(counted)]
+    mean = _weighted_mean(shifted, weights)
+    std = jnp.sqrt(_weighted_mean(jnp.square(shifted - mean), weights))
+    resolution = _SCORE_RESOLUTION * jnp.max(jnp.where(counted, jnp.abs(scores), 0.0))
+    z = jnp.where(std > resolution, (shifted - mean) / jnp.maximum(std, 1e-30), 0.0)
+    return jnp.where(counted, jax.nn.sigmoid(scale * z), 0.0)

@@ -487,6 +487,13 @@ def test_influence_weights_match_numpy():
     assert np.argmax(got) == np.argmax(np.where(keep, scores, -np.inf))
     # Equal scores -> all 0.5; scale 0 -> all 0.5.
     np.testing.assert_allclose(weights(jnp.ones((6, 9)), _f32(g_ref), scale=2.0), 0.5)
+    # Equal rows whose float32 mean score misses the score by an ulp (seed 0's first draw: the
+    # plain (s - mean) / std gave 0.88 for every example) are equal too.
+    rng0 = np.random.default_rng(0)
+    row, ref = rng0.normal(size=9).astype(np.float32), rng0.normal(size=9).astype(np.float32)
+    np.testing.assert_allclose(weights(jnp.tile(row, (6, 1)), ref, scale=2.0), 0.5)
+    np.testing.assert_allclose(weights(jnp.tile(row, (6, 1)), ref, scale=2.0, mask=_f32(_MASK6)),
+                               np.where(keep, 0.5, 0.0))
     np.testing.assert_allclose(weights(_f32(g), _f32(g_ref), scale=0.0), 0.5)
 
 
