@@ -244,3 +244,50 @@ def test_evaluate_samples_returns_floats_that_rank_good_above_bad():
     assert r_good["swd"] < r_bad["swd"] and r_good["mmd"] < r_bad["mmd"]
     assert r_good["logdensity"] > r_bad["logdensity"]
     assert r_good["mode_coverage"] == 1.0 and r_bad["mode_coverage"] == 0.0  # 0.5 > 4 std off
+
+
+def test_ring_mode_w2_matches_scipy_gaussian_w2_and_truncated_reference():
+    from scipy.linalg import sqrtm
+    ring = toy.Ring()
+    rng = np.random.default_rng(3)
+    centres, m = ring.mode_centers(), ring.num_modes
+    # Modes 0-5 distorted (anisotropic scale, shear, shift, unequal counts), 6 has one sample,
+    # 7 none, plus a few points between modes.
+    parts = []
+    for k in range(6):
+        a = np.array([[1.0 + 0.1 * k, 0.2], [0.0, 0.8]]) * ring.std
+        z = rng.normal(size=(400 + 100 * k, 2))
+        z = z[np.linalg.norm(z @ a.T, axis=1) < 3.5 * ring.std]  # stay inside the 4-std disc
+        parts.append(centres[k] + 0.01 * k + z @ a.T)
+    parts += [centres[6][None] + 0.01, np.array([[0.0, 0.0], [0.1, -0.2]])]
+    x = np.concatenate(parts).astype(np.float32)
+    got = metrics.ring_mode_w2(x, ring)
+    a8 = 8.0
+    s2 = ring.std ** 2 * (1 - (1 + a8) * np.exp(-a8)) / (1 - np.exp(-a8))
+    want, counts = [], np.zeros(m)
+    for k in range(m):
+        pts = x[np.argmin(np.linalg.norm(x[:, None] - centres[None], axis=-1), 1) == k]
+        pts = pts[np.linalg.norm(pts - centres[k], axis=1) <= 4 * ring.std]
+        counts[k] = len(pts)
+        if len(pts) < 2:
+            want.append(np.nan)
+            continue
+        mu = pts.mean(0, dtype=np.float64)
+        cov = np.cov(pts.T.astype(np.float64), bias=True)
+        ref = s2 * np.eye(2)  # general Gaussian W2 (Bures), not the isotropic shortcut
+        root = sqrtm(sqrtm(ref) @ cov @ sqrtm(ref)).real
+        want.append(np.sqrt(np.sum((mu - centres[k]) ** 2) + np.trace(cov + ref - 2 * root)))
+    want = np.array(want)
+    np.testing.assert_allclose(got["per_mode_w2"], want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["mode_w2"], np.sqrt(np.nanmean(want ** 2)), rtol=1e-4)
+    frac = counts / counts.sum()
+    np.testing.assert_allclose(got["mode_weight_tv"], 0.5 * np.abs(frac - 1 / m).sum(), rtol=1e-5)
+    np.testing.assert_allclose(got["off_mode"], 1 - counts.sum() / len(x), rtol=1e-5)
+    assert counts.sum() <= len(x) - 2
+    # True samples sit at the stated floors; a shift v of every sample shows as |v|.
+    true = ring.sample(jax.random.key(0), 100_000)
+    floor = metrics.ring_mode_w2(true, ring)
+    assert float(floor["mode_w2"]) < 2 * ring.std * math.sqrt(3 * m / 100_000)
+    assert float(floor["mode_weight_tv"]) < 3 * math.sqrt(m / (2 * math.pi * 100_000))
+    shifted = metrics.ring_mode_w2(true + np.array([0.03, 0.0], np.float32), ring)
+    np.testing.assert_allclose(shifted["mode_w2"], 0.03, rtol=0.1)
