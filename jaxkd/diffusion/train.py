@@ -250,8 +250,22 @@ def ema_update(ema, params, decay: float):
 
 def _fit(name: str, directory: str, init_state, step, total: int, meta: dict, writer,
          cfg: ml_collections.ConfigDict, progress: bool):
-    """Runs ``step`` for ``total`` steps under the shared loop (resume, SIGTERM, metrics)."""
+    """Runs ``step`` for ``total`` steps under the shared loop (resume, SIGTERM, metrics).
+
+    A ``meta["lr_schedule"]`` (a schedule whose shape depends on ``total``) must equal the one
+    the checkpoint in ``directory`` was made with, if it recorded one: such a run cannot be
+    extended or shortened on resume (runs without a schedule may be extended).
+    """
     checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=2, async_save=False)
+    if "lr_schedule" in meta and checkpointer.latest_step() is not None:
+        found = checkpointer.read_meta().get("lr_schedule")
+        if found is not None and found != meta["lr_schedule"]:
+            checkpointer.close()
+            raise ckpt_lib.CheckpointMismatchError(
+                f"{directory} holds a run whose {found['schedule']} learning-rate schedule spans "
+                f"{found['steps']} steps; config.{name}.steps={total} would change the schedule "
+                f"mid-run. Set config.{name}.steps={found['steps']}, or use a fresh --workdir "
+                f"(or config.{name}.optimizer.schedule=constant, which can be extended).")
     with checkpointer:
         state, _ = loop.fit(
             name=name, init_state=init_state, abstract_state=jax.eval_shape(init_state),
@@ -575,7 +589,10 @@ def train_student(config, task, net, teacher_params, sigma_d: float, directory: 
                         "settings": _settings(sc, ("steps",)),
                         **({"guidance": config.guidance.to_dict()} if num_classes else {}),
                         **({"rcm": rc.to_dict()} if rcm else {}),
-                        **({"discrete": dc.to_dict()} if discrete else {})}}
+                        **({"discrete": dc.to_dict()} if discrete else {})},
+            # A cosine schedule is shaped by the run's length: resuming checks it too.
+            **({"lr_schedule": {"schedule": "cosine", "steps": sc.steps}}
+               if sc.optimizer.get("schedule", "constant") == "cosine" else {})}
     state = _fit("student", directory, init_state,
                  lambda s: step(s, teacher_params, sigmas_at(int(s["step"])), pool,
                                 sim_index_at(int(s["step"]))),

@@ -99,6 +99,35 @@ def test_an_interrupted_student_resumes_to_the_same_parameters(sct_run, tmp_path
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, once, teacher)))
 
 
+def test_a_cosine_student_cannot_change_its_length_on_resume(sct_run, tmp_path):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from jaxkd.core import metrics  # pylint: disable=g-import-not-at-top
+    from jaxkd.diffusion import tasks  # pylint: disable=g-import-not-at-top
+
+    workdir, results = sct_run
+    config = _smoke(sct_moons, **{"method": "scd", "student.optimizer.schedule": "cosine",
+                                  "student.steps": 3})
+    dist = tasks.get(config.data.name)
+    net = train.DENOISERS["mlp"](**config.model.kwargs.to_dict())
+    sd = results["sigma_d"]
+    with metrics.MetricWriter(str(tmp_path)) as writer:
+        teacher = train.train_teacher(config, dist, net, sd, os.path.join(workdir, "teacher"),
+                                      writer, False)
+        once = train.train_student(config, dist, net, teacher, sd, str(tmp_path / "s"), writer,
+                                   False)
+        for steps in (6, 2):  # extended or shortened: the cosine would change mid-run
+            config.student.steps = steps
+            with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                               match=rf"spans 3 steps; config.student.steps={steps} would"):
+                train.train_student(config, dist, net, teacher, sd, str(tmp_path / "s"), writer,
+                                    False)
+        config.student.steps = 3  # the same length: restored as it was
+        again = train.train_student(config, dist, net, teacher, sd, str(tmp_path / "s"), writer,
+                                    False)
+    jax.tree.map(np.testing.assert_array_equal, once, again)
+
+
 def test_the_student_ema_is_the_recurrence_over_its_iterates(sct_run, tmp_path):
     import jax  # pylint: disable=g-import-not-at-top
 
