@@ -156,7 +156,7 @@ def ring_mode_w2(x: jax.Array, dist: Ring) -> dict[str, jax.Array]:
 
     The ring's swd at 10^5 samples is dominated by the multinomial noise of the 8 modes'
     sampled weights (a floor of ~0.04, above a good teacher's value), so this splits the error in
-    two parts each measured far below its own noise floor:
+    two parts whose own noise floors are an order of magnitude lower:
 
     - ``mode_w2``: the root mean over modes of the squared 2-Wasserstein distance between the
       Gaussian fitted to the samples ``dist.assign`` puts in mode ``k`` (mean ``m_k``, covariance
