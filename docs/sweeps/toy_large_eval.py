@@ -115,13 +115,14 @@ def main(argv=None):
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     np.save(path + ".tmp.npy", x_t)
                     os.replace(path + ".tmp.npy", path)
+                xt = np.load(path)
                 if path not in memo:  # (an XLA sort of 256 x 10^5 values: ~20 s a call)
-                    memo[path] = swd(np.load(path))
+                    memo[path] = swd(xt)
                 out.setdefault(f"teacher_{n}", []).append(memo[path])
                 if ring:
-                    mode_stats(f"teacher_{n}", np.load(path))
+                    mode_stats(f"teacher_{n}", xt)
                 if a.pairs and n == max(a.teacher_steps):
-                    xs, xt = np.asarray(x), np.load(path)
+                    xs = np.asarray(x)
                     dist = np.linalg.norm(xs - xt, axis=-1)
                     shift = xs.mean(0) - xt.mean(0)
                     for k, v in (("pair_median", np.median(dist)),
