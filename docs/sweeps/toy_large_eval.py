@@ -10,7 +10,7 @@ the student in one step, and prints each swd, the floor (true samples against tr
 and the ratio the issue's goal reads (student 1-step over teacher 64-step).
 
     .venv/bin/python docs/sweeps/toy_large_eval.py runs/diffusion/2d/moons/scd_s{0,1}
-        [--n 100000] [--draws 3] [--teacher-steps 16 64] [--pairs]
+        [--n 100000] [--draws 3] [--teacher-steps 16 64] [--student-steps 1 2] [--pairs]
 
 ``--pairs``: also compare each student sample with the teacher's sample from the same noise
 (the largest ``--teacher-steps``): the median and 99th percentile of their distance, the
@@ -72,6 +72,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--teacher-steps", type=int, nargs="+", default=[64])
+    p.add_argument("--student-steps", type=int, nargs="+", default=[1],
+                   help="consistency steps of the student (n > 1 at the config's "
+                        "eval.student_times['n'])")
     p.add_argument("--pairs", action="store_true",
                    help="per-sample distances to the teacher's sample from the same noise")
     a = p.parse_args(argv)
@@ -91,18 +94,28 @@ def main(argv=None):
             swd = lambda x: float(metrics.sliced_wasserstein(x, ref, k_proj))  # noqa: E731
             ring = isinstance(task.dist, toy.Ring)
 
-            def mode_stats(name, x_):
-                # The ring: per-mode Gaussian W2 and mode-weight TV (metrics.ring_mode_w2).
-                if ring:
-                    r = metrics.ring_mode_w2(x_, task.dist)
-                    for k in ("mode_w2", "mode_weight_tv", "off_mode"):
-                        out.setdefault(f"{name}/{k}", []).append(float(r[k]))  # noqa: B023
-            # Student: one consistency step from the same noise the teacher starts from.
-            x = jax.jit(lambda p_: samplers.consistency_sample(  # noqa: B023
-                train._velocity(net, p_), z, [t0], jax.random.fold_in(key, 3),  # noqa: B023
-                sigma_d=sigma_d))(student)
-            out.setdefault("student_1", []).append(swd(x))
-            mode_stats("student_1", x)
+            def mode_stats(name, x_, r=None):
+                # The ring: per-mode Gaussian W2 and mode-weight TV (metrics.ring_mode_w2);
+                # returns them (``r``: already computed, e.g. for a shared teacher file).
+                if not ring:
+                    return {}
+                r = metrics.ring_mode_w2(x_, task.dist) if r is None else r
+                for k in ("mode_w2", "mode_weight_tv", "off_mode"):
+                    out.setdefault(f"{name}/{k}", []).append(float(r[k]))  # noqa: B023
+                return r
+            # Student: one consistency step from the same noise the teacher starts from (and
+            # n steps at the config's intermediate times, fresh noise at each).
+            for n in a.student_steps:
+                times = [t0] + train._intermediate_times(config, n)  # pylint: disable=protected-access
+                if len(times) != n:
+                    sys.exit(f"{run}: config.eval.student_times has no '{n}'")
+                x_n = jax.jit(lambda p_, times=times: samplers.consistency_sample(  # noqa: B023
+                    train._velocity(net, p_), z, times, jax.random.fold_in(key, 3),  # noqa: B023
+                    sigma_d=sigma_d))(student)
+                out.setdefault(f"student_{n}", []).append(swd(x_n))
+                mode_stats(f"student_{n}", x_n)
+                if n == min(a.student_steps):  # (--pairs compares the fewest steps)
+                    x = x_n
             for n in a.teacher_steps:
                 # The teacher's samples (minutes each at 10^5) are kept beside it, keyed by its
                 # parameters' hash, and shared by every run of that teacher.
@@ -116,11 +129,13 @@ def main(argv=None):
                     np.save(path + ".tmp.npy", x_t)
                     os.replace(path + ".tmp.npy", path)
                 xt = np.load(path)
-                if path not in memo:  # (an XLA sort of 256 x 10^5 values: ~20 s a call)
-                    memo[path] = swd(xt)
-                out.setdefault(f"teacher_{n}", []).append(memo[path])
-                if ring:
-                    mode_stats(f"teacher_{n}", xt)
+                # (an XLA sort of 256 x 10^5 values: ~20 s a call; the ring's statistics about
+                # as long: both computed once per file and shared by the runs of a teacher.)
+                if path not in memo:
+                    memo[path] = swd(xt), mode_stats(f"teacher_{n}", xt)
+                else:
+                    mode_stats(f"teacher_{n}", xt, memo[path][1])
+                out.setdefault(f"teacher_{n}", []).append(memo[path][0])
                 if a.pairs and n == max(a.teacher_steps):
                     xs = np.asarray(x)
                     dist = np.linalg.norm(xs - xt, axis=-1)
@@ -143,8 +158,9 @@ def main(argv=None):
         last = max(a.teacher_steps)
         print(f"{run}: " + ", ".join(f"{k} {np.mean(v):.4f} +- {np.std(v):.4f}"
                                      for k, v in out.items() if k != "run")
-              + f"; student_1 / teacher_{last} = "
-              + f"{np.mean(out['student_1']) / np.mean(out[f'teacher_{last}']):.2f}", flush=True)
+              + "".join(f"; student_{n} / teacher_{last} = "
+                        f"{np.mean(out[f'student_{n}']) / np.mean(out[f'teacher_{last}']):.2f}"
+                        for n in a.student_steps), flush=True)
     print(json.dumps(rows))
 
 

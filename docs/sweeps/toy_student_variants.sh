@@ -28,6 +28,8 @@ flags() {
     warm0) echo "--config.student.tangent_warmup=0" ;;
     pmean0) echo "--config.student.p_mean=0.0 --config.student.p_std=1.0" ;;
     batch4096) echo "--config.student.batch_size=4096" ;;
+    steps12k) echo "--config.student.steps=12000" ;;
+    steps12k_batch4096) echo "--config.student.steps=12000 --config.student.batch_size=4096" ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac
 }
