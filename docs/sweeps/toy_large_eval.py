@@ -20,7 +20,9 @@ v alone costs SW2 = |v| / sqrt(2)).
 On the ring, each sample set also gets ``metrics.ring_mode_w2``'s ``mode_w2`` (per-mode
 Gaussian W2 against the true component; floor ~0.0018 at 10^5), ``mode_weight_tv`` and
 ``off_mode`` (keys ``<set>/<stat>``; ``floor/<stat>`` for true samples), which separate errors
-the ring's swd floor (~0.04 at 10^5, the modes' sampled weights) hides.
+the ring's swd floor (~0.04 at 10^5, the modes' sampled weights) hides, and the modes' shape:
+``radial_std``, ``tangential_std``, ``radial_offset`` (averages over the 8 modes; true 0.0998,
+0.0998, 0).
 
 Cost on a core shared with another job: ~5 min per draw for a teacher's 64-step samples (kept
 beside the teacher, reused by later calls), ~1 min per draw for each run's student.
@@ -59,6 +61,11 @@ def _restore(run: str):
     student = train.train_student(config, task, net, teacher, sigma_d, student_dir, writer,
                                   False)
     return config, task, net, sigma_d, teacher, student, teacher_dir
+
+
+# metrics.ring_mode_w2's statistics reported on the ring (per-mode ones averaged over modes).
+RING_STATS = ("mode_w2", "mode_weight_tv", "off_mode", "radial_std", "tangential_std",
+              "radial_offset")
 
 
 class _NoWriter:
@@ -100,8 +107,8 @@ def main(argv=None):
                 if not ring:
                     return {}
                 r = metrics.ring_mode_w2(x_, task.dist) if r is None else r
-                for k in ("mode_w2", "mode_weight_tv", "off_mode"):
-                    out.setdefault(f"{name}/{k}", []).append(float(r[k]))  # noqa: B023
+                for k in RING_STATS:  # (the per-mode shape statistics: their mean over modes)
+                    out.setdefault(f"{name}/{k}", []).append(float(np.nanmean(r[k])))  # noqa: B023
                 return r
             # Student: one consistency step from the same noise the teacher starts from (and
             # n steps at the config's intermediate times, fresh noise at each).
@@ -150,9 +157,9 @@ def main(argv=None):
                 true = task.dist.sample(jax.random.fold_in(key, 4), a.n)
                 memo[fk] = swd(true), (metrics.ring_mode_w2(true, task.dist) if ring else {})
             floor.append(memo[fk][0])
-            for k in ("mode_w2", "mode_weight_tv", "off_mode"):
+            for k in RING_STATS:
                 if k in memo[fk][1]:
-                    out.setdefault(f"floor/{k}", []).append(float(memo[fk][1][k]))
+                    out.setdefault(f"floor/{k}", []).append(float(np.nanmean(memo[fk][1][k])))
         out["floor"] = floor
         rows.append(out)
         last = max(a.teacher_steps)

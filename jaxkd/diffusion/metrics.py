@@ -171,7 +171,11 @@ def ring_mode_w2(x: jax.Array, dist: Ring) -> dict[str, jax.Array]:
       ``sqrt(M / (2 pi n))``.
     - ``off_mode``: the fraction of samples in no mode, as :func:`off_mode_fraction`.
 
-    Also ``per_mode_w2`` ``[M]`` (NaN for modes with fewer than 2 samples) and ``weights`` ``[M]``.
+    Also ``per_mode_w2`` ``[M]`` (NaN for modes with fewer than 2 samples), ``weights`` ``[M]``,
+    and the shape of each mode: ``radial_std`` / ``tangential_std`` ``[M]``, the samples' std
+    along the direction from the ring's centre to the mode's centre and across it (NaN as
+    ``per_mode_w2``; the truncated true component has ``s`` above, ~0.998 ``std``, on both), and
+    ``radial_offset`` ``[M]``, the mean's displacement along that direction (positive: outwards).
     """
     x = jnp.asarray(x, jnp.float32)
     chex.assert_rank(x, 2)
@@ -192,11 +196,18 @@ def ring_mode_w2(x: jax.Array, dist: Ring) -> dict[str, jax.Array]:
     w2sq = jnp.sum(jnp.square(means - centres), -1) + jnp.sum(jnp.square(jnp.sqrt(lam) - s), -1)
     ok = counts >= 2
     weights = counts / jnp.maximum(jnp.sum(counts), 1.0)
+    radial = centres / jnp.linalg.norm(centres, axis=-1, keepdims=True)  # [M, 2] unit vectors
+    across = jnp.stack([-radial[:, 1], radial[:, 0]], -1)
+    along = lambda u: jnp.sqrt(jnp.maximum(jnp.einsum("ki,kij,kj->k", u, covs, u), 0.0))  # noqa: E731
+    nan = lambda v: jnp.where(ok, v, jnp.nan)  # noqa: E731
     return {
         "mode_w2": jnp.sqrt(jnp.sum(jnp.where(ok, w2sq, 0.0)) / jnp.maximum(jnp.sum(ok), 1)),
+        "radial_std": nan(along(radial)),
+        "tangential_std": nan(along(across)),
+        "radial_offset": nan(jnp.sum((means - centres) * radial, -1)),
         "mode_weight_tv": 0.5 * jnp.sum(jnp.abs(weights - 1.0 / m)),
         "off_mode": (x.shape[0] - jnp.sum(counts)) / x.shape[0],
-        "per_mode_w2": jnp.where(ok, jnp.sqrt(w2sq), jnp.nan),
+        "per_mode_w2": nan(jnp.sqrt(w2sq)),
         "weights": weights,
     }
 

@@ -265,6 +265,7 @@ def test_ring_mode_w2_matches_scipy_gaussian_w2_and_truncated_reference():
     a8 = 8.0
     s2 = ring.std ** 2 * (1 - (1 + a8) * np.exp(-a8)) / (1 - np.exp(-a8))
     want, counts = [], np.zeros(m)
+    shape = np.full((m, 3), np.nan)  # radial std, tangential std, radial offset
     for k in range(m):
         pts = x[np.argmin(np.linalg.norm(x[:, None] - centres[None], axis=-1), 1) == k]
         pts = pts[np.linalg.norm(pts - centres[k], axis=1) <= 4 * ring.std]
@@ -274,12 +275,18 @@ def test_ring_mode_w2_matches_scipy_gaussian_w2_and_truncated_reference():
             continue
         mu = pts.mean(0, dtype=np.float64)
         cov = np.cov(pts.T.astype(np.float64), bias=True)
+        angle = 2 * np.pi * k / m
+        r_dir = pts.astype(np.float64) @ np.array([np.cos(angle), np.sin(angle)])
+        t_dir = pts.astype(np.float64) @ np.array([-np.sin(angle), np.cos(angle)])
+        shape[k] = r_dir.std(), t_dir.std(), r_dir.mean() - ring.radius
         ref = s2 * np.eye(2)  # general Gaussian W2 (Bures), not the isotropic shortcut
         root = sqrtm(sqrtm(ref) @ cov @ sqrtm(ref)).real
         want.append(np.sqrt(np.sum((mu - centres[k]) ** 2) + np.trace(cov + ref - 2 * root)))
     want = np.array(want)
     np.testing.assert_allclose(got["per_mode_w2"], want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got["mode_w2"], np.sqrt(np.nanmean(want ** 2)), rtol=1e-4)
+    for i, name in enumerate(("radial_std", "tangential_std", "radial_offset")):
+        np.testing.assert_allclose(got[name], shape[:, i], rtol=1e-4, atol=1e-6, err_msg=name)
     frac = counts / counts.sum()
     np.testing.assert_allclose(got["mode_weight_tv"], 0.5 * np.abs(frac - 1 / m).sum(), rtol=1e-5)
     np.testing.assert_allclose(got["off_mode"], 1 - counts.sum() / len(x), rtol=1e-5)
