@@ -11,6 +11,11 @@ def _adam(lr: float) -> dict:
     return dict(lr=lr, b2=0.99, grad_clip=1.0)
 
 
+def _long_ring(method: str, data: str) -> bool:
+    """Whether the student trains 12,000 steps: sCD and rCM on the ring (docs/results.md)."""
+    return data == "ring" and method in ("scd", "rcm")
+
+
 def diffusion_config(*, method: str, data: str, seed: int,
                      smoke: bool) -> ml_collections.ConfigDict:
     """Every key a 2-D diffusion-distillation run reads, with defaults."""
@@ -61,7 +66,7 @@ def diffusion_config(*, method: str, data: str, seed: int,
     # The ring: sCD and rCM train three times longer. At 4000 steps their 1-step students
     # squeezed every mode along the radius (per-mode W2 2.8-3.2x the teacher's at 10^5 samples);
     # at 12,000 1.33x (docs/results.md, "What the ring's students got wrong").
-    if data == "ring" and method in ("scd", "rcm"):
+    if _long_ring(method, data):
         c.student.steps = 12000
     # rCM (method "rcm"): sCD + ``weight`` x DMD on the student's own samples (backward
     # simulation with a step count drawn from ``sim_steps``; ``batch_size`` samples), a fake
@@ -170,7 +175,7 @@ _TEXT = {
 def doc(method: str, data: str) -> str:
     """The docstring of ``configs/diffusion/<method>_<data>.py``: its command first."""
     minutes, what = _TEXT[method]
-    if data == "ring" and method in ("scd", "rcm"):  # (12,000 student steps, not 4000)
+    if _long_ring(method, data):  # (12,000 student steps, not 4000)
         minutes += {"scd": 10, "rcm": 20}[method]
     if data == "sklearn_digits":
         short, teacher_min = "digits", 25

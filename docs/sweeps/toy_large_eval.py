@@ -155,11 +155,10 @@ def main(argv=None):
             fk = (config.data.name, json.dumps(config.data.kwargs.to_dict(), sort_keys=True), d)
             if fk not in memo:
                 true = task.dist.sample(jax.random.fold_in(key, 4), a.n)
-                memo[fk] = swd(true), (metrics.ring_mode_w2(true, task.dist) if ring else {})
+                memo[fk] = swd(true), mode_stats("floor", true)
+            else:
+                mode_stats("floor", None, memo[fk][1])
             floor.append(memo[fk][0])
-            for k in RING_STATS:
-                if k in memo[fk][1]:
-                    out.setdefault(f"floor/{k}", []).append(float(np.nanmean(memo[fk][1][k])))
         out["floor"] = floor
         rows.append(out)
         last = max(a.teacher_steps)
