@@ -173,6 +173,14 @@ def _check_guidance(config: ml_collections.ConfigDict) -> None:
         check_scale_in_range(scale, lo, hi, "config.guidance.scale")
 
 
+def method_label(config: ml_collections.ConfigDict) -> str:
+    """The method's name with its enabled options (``vsd + SNOOPI``), for plot titles."""
+    options = [name for name, on in (("GAN head", config.rcm.gan.enabled),
+                                     ("SNOOPI", config.rcm.snoopi.enabled),
+                                     ("TBCM", config.student.tbcm.enabled)) if on]
+    return " + ".join([config.method] + options)
+
+
 def check_scale_in_range(scale: float, lo: float, hi: float, what: str = "guidance scale"
                          ) -> None:
     """Refuses a guidance scale outside a w-conditioned student's trained range."""
@@ -891,7 +899,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     report.write_npz_atomic(os.path.join(workdir, "samples.npz"),
                             samples=task.to_stored(sets[f"student_{first}"]).astype(np.float32),
                             **({} if labels is None else {"labels": labels}))
-    title = f"{config.method} on {config.data.name}"
+    title = f"{method_label(config)} on {config.data.name}"
     if task.num_classes:
         title += f" (guidance scale {config.guidance.scale:g})"
         viz.image_grid(os.path.join(workdir, "samples.png"),

@@ -206,6 +206,14 @@ def test_the_guidance_range_check_refuses_outside_and_accepts_inside():
             train.check_scale_in_range(bad, 1.0, 3.0)
 
 
+def test_plot_titles_name_the_enabled_options():
+    assert train.method_label(_smoke(scd_ring)) == "scd"
+    assert train.method_label(_smoke(scd_ring, **{"student.tbcm.enabled": True})) == "scd + TBCM"
+    both = _smoke(scd_ring, **{"method": "dmd2", "rcm.gan.enabled": True,
+                               "rcm.snoopi.enabled": True})
+    assert train.method_label(both) == "dmd2 + GAN head + SNOOPI"
+
+
 def test_a_w_conditioned_student_starts_as_its_teacher():
     # Guided distillation's student = the teacher's weights + guidance layers whose last one is
     # zero: at initialisation its output ignores w and equals the teacher's.
