@@ -209,6 +209,10 @@ def test_the_guidance_range_check_refuses_outside_and_accepts_inside():
 def test_plot_titles_name_the_enabled_options():
     assert train.method_label(_smoke(scd_ring)) == "scd"
     assert train.method_label(_smoke(scd_ring, **{"student.tbcm.enabled": True})) == "scd + TBCM"
+    assert train.method_label(_smoke(scd_ring, **{"method": "vsd",
+                                                  "rcm.snoopi.enabled": True})) == "vsd + SNOOPI"
+    assert train.method_label(_smoke(scd_ring, **{"method": "dmd2",
+                                                  "rcm.gan.enabled": True})) == "dmd2 + GAN head"
     both = _smoke(scd_ring, **{"method": "dmd2", "rcm.gan.enabled": True,
                                "rcm.snoopi.enabled": True})
     assert train.method_label(both) == "dmd2 + GAN head + SNOOPI"
