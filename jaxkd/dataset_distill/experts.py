@@ -1,8 +1,8 @@
 """Expert trajectories: networks trained on the real data, parameters saved every epoch.
 
 Trajectory matching (MTT, TESLA, DATM, FTD) reads the parameters ``theta*_{k, e}`` of expert
-``k`` after epoch ``e``. :func:`train_experts` trains ``K`` experts in lockstep (one vmapped
-step) and writes, in ``directory``:
+``k`` after epoch ``e``. :func:`train_experts` trains ``K`` experts in lockstep (one compiled
+step per expert) and writes, in ``directory``:
 
 - ``meta.json``: what the experts are (model, data, optimiser, augmentation, seed). A later run
   that asks for different experts in the same directory gets an error naming the key.

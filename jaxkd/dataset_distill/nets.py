@@ -3,7 +3,11 @@
 Dataset distillation trains many small networks: experts on the real data (whose parameter
 trajectories MTT matches) and fresh networks on a synthetic set (the evaluation protocol).
 Both are "K networks of one architecture, plain SGD, differentiable siamese augmentation",
-done here by one vmapped step over ``K`` flat parameter vectors.
+done here by one step over ``K`` flat parameter vectors: ``jax.vmap`` over the networks, or, for
+a model with 2-D convolutions, one compiled single-network step applied to each network in turn
+(vmapping a convolution over its weights makes one grouped convolution, which XLA:CPU runs
+2.3-2.7x slower than the ``K`` plain ones for the digits ConvNet and ResNet-8, while vmap is
+0.85-0.92x the loop for the 1-D ConvNet and the MLP; ``benchmarks/lockstep_step.py``).
 
 Flat parameters (``jax.flatten_util.ravel_pytree``) make trajectories one array per epoch, the
 MTT distance a vector norm, and SGD two lines. A model used here must have only ``params``
@@ -20,13 +24,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
 from jax.flatten_util import ravel_pytree
 
 from jaxkd.dataset_distill.augment import DSAConfig, dsa
 from jaxkd.losses.dataset import soft_cross_entropy
 
 __all__ = ["ExpertObjective", "FlatModel", "SGDConfig", "NetTrainer", "batch_indices",
-           "class_batches", "expert_gradient", "image_grads", "lr_at"]
+           "class_batches", "expert_gradient", "has_2d_convolution", "image_grads",
+           "lr_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +158,24 @@ def expert_gradient(model: FlatModel, objective: ExpertObjective, theta: jax.Arr
     return loss, g_p
 
 
+def has_2d_convolution(model: FlatModel) -> bool:
+    """Whether ``model``'s forward pass holds a convolution over two or more spatial axes."""
+    jaxpr = jax.make_jaxpr(model.apply)(jnp.zeros(model.num_params),
+                                        jnp.zeros((1, *model.input_shape)))
+
+    def walk(jp) -> bool:
+        for eqn in jp.eqns:
+            if (eqn.primitive.name == "conv_general_dilated"
+                    and len(eqn.params["dimension_numbers"].lhs_spec) > 3):
+                return True
+            if any(walk(sub.jaxpr if hasattr(sub, "jaxpr") else sub)
+                   for sub in jax_core.jaxprs_in_params(eqn.params)):
+                return True
+        return False
+
+    return walk(jaxpr.jaxpr)
+
+
 def lr_at(cfg: SGDConfig, step: int, total_steps: int, lr: float | None = None) -> float:
     """The learning rate of step ``step`` of ``total_steps`` (``lr`` overrides ``cfg.lr``)."""
     base = cfg.lr if lr is None else lr
@@ -192,12 +216,18 @@ class NetTrainer:
     (SRe2L's per-crop relabelling, FKD-style) the targets of each step are instead
     ``relabel(x)`` on the augmented batch ``x`` (a teacher's soft labels of exactly what the
     network sees).
+
+    ``vmap``: one vectorised step over the ``K`` networks (True) or one single-network step per
+    network (False); the same mathematics. Default: vmap unless the model has a 2-D
+    convolution (see the module docstring).
     """
 
     def __init__(self, model: FlatModel, sgd: SGDConfig, dsa_cfg: DSAConfig,
                  objective: ExpertObjective = ExpertObjective(),
-                 relabel: Callable[[jax.Array], jax.Array] | None = None):
+                 relabel: Callable[[jax.Array], jax.Array] | None = None,
+                 vmap: bool | None = None):
         self.model, self.sgd, self.dsa_cfg, self.objective = model, sgd, dsa_cfg, objective
+        self.vmap = not has_2d_convolution(model) if vmap is None else vmap
 
         def one(theta, vel, x_all, y_all, idx, key, lr, scale):
             x, y = dsa(x_all[idx], key, dsa_cfg), y_all[idx]
@@ -211,16 +241,16 @@ class NetTrainer:
             vel = sgd.momentum * vel + g + sgd.weight_decay * theta
             return theta - lr * vel, vel, loss
 
-        self._step = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0, 0, None, None)),
-                             donate_argnums=(0, 1))
-        self._step_per_net = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None, None)),
-                                     donate_argnums=(0, 1))
+        self._one = jax.jit(one, donate_argnums=(0, 1))
+        self._vmapped = {per_net: jax.jit(jax.vmap(one, in_axes=(0, 0, *(ax,) * 2, 0, 0, None,
+                                                                  None)), donate_argnums=(0, 1))
+                         for per_net, ax in ((False, None), (True, 0))}
 
-        def accuracy(thetas, x, labels):
-            logits = jax.vmap(model.apply, in_axes=(0, None))(thetas, x)
-            return jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1)
+        def correct(theta, x, labels):
+            return jnp.sum(jnp.argmax(model.apply(theta, x), -1) == labels)
 
-        self._accuracy = jax.jit(accuracy)
+        self._correct = jax.jit(correct)
+        self._correct_vmapped = jax.jit(jax.vmap(correct, in_axes=(0, None, None)))
 
     def init(self, key: jax.Array, num_nets: int) -> tuple[jax.Array, jax.Array]:
         """``(thetas [K, P], velocities [K, P])`` for ``K = num_nets`` fresh networks."""
@@ -235,19 +265,31 @@ class NetTrainer:
     def train(self, thetas: jax.Array, vels: jax.Array, x: jax.Array, targets: jax.Array, *,
               seed: int, first_step: int, num_steps: int, total_steps: int,
               lr: float | None = None, on_step: Callable[[int, jax.Array], None] | None = None,
-              per_net: bool = False) -> tuple[jax.Array, jax.Array]:
+              per_net: bool = False, vmap: bool | None = None) -> tuple[jax.Array, jax.Array]:
         """Runs steps ``first_step .. first_step + num_steps - 1`` of a ``total_steps`` run.
 
         Minibatches and augmentation keys depend only on ``(seed, net, step)``, so a run split
         into several calls (an interrupted expert run) is identical to one call.
         ``on_step(step, losses [K])`` is called after each step (progress bars). With
         ``per_net``, ``x [K, M, ...]`` and ``targets [K, M, C]`` hold one data set per network.
+        ``vmap`` overrides the trainer's choice (see the class docstring).
         """
+        vmap = self.vmap if vmap is None else vmap
         num_nets = thetas.shape[0]
         num = x.shape[1] if per_net else x.shape[0]
         batch = min(self.sgd.batch_size, num)
         steps_per_epoch = -(-num // batch)
-        step_fn = self._step_per_net if per_net else self._step
+        if vmap:
+            step_fn = self._vmapped[per_net]
+        else:
+            thetas, vels = list(thetas), list(vels)  # [P] each: one step per network
+            xs, ts = (list(x), list(targets)) if per_net else ([x] * num_nets,
+                                                              [targets] * num_nets)
+
+            def step_fn(thetas, vels, x, targets, idx, keys, lr, scale):
+                out = [self._one(thetas[k], vels[k], xs[k], ts[k], idx[k], keys[k], lr, scale)
+                       for k in range(num_nets)]
+                return [o[0] for o in out], [o[1] for o in out], jnp.stack([o[2] for o in out])
         base = jax.random.key(seed)
         order, order_epoch = None, None
         for step in range(first_step, first_step + num_steps):
@@ -264,7 +306,7 @@ class NetTrainer:
                                            self.objective.scale_at(epoch))
             if on_step is not None:
                 on_step(step, losses)
-        return thetas, vels
+        return (thetas, vels) if vmap else (jnp.stack(thetas), jnp.stack(vels))
 
     def accuracy(self, thetas: jax.Array, x: jax.Array, labels: jax.Array,
                  batch_size: int = 1000) -> np.ndarray:
@@ -272,5 +314,8 @@ class NetTrainer:
         correct = np.zeros(thetas.shape[0])
         for s in range(0, x.shape[0], batch_size):
             xb, yb = x[s:s + batch_size], labels[s:s + batch_size]
-            correct += np.asarray(self._accuracy(thetas, xb, yb), np.float64) * xb.shape[0]
+            if self.vmap:
+                correct += np.asarray(self._correct_vmapped(thetas, xb, yb), np.float64)
+            else:
+                correct += [float(self._correct(theta, xb, yb)) for theta in thetas]
         return correct / x.shape[0]

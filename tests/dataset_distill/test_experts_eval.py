@@ -69,6 +69,31 @@ def test_trainer_split_into_calls_equals_one_call():
     assert acc.shape == (3,) and np.all((acc >= 0) & (acc <= 1))
 
 
+@pytest.mark.parametrize("per_net", [False, True])
+def test_one_step_per_network_equals_the_vmapped_step(per_net):
+    # A 2-D ConvNet trains one network at a time by default (grouped convolutions are slow on
+    # XLA:CPU); the MLP vmaps. Either form is the same computation.
+    from jaxkd.models.registry import build
+
+    conv = FlatModel.create(build("convnet", num_classes=4, width=4, depth=1, norm="instance"),
+                            (4, 4, 1))
+    assert NetTrainer(conv, SGD, DSA).vmap is False and NetTrainer(MODEL, SGD, DSA).vmap is True
+    trainer = NetTrainer(conv, SGD, DSA)
+    t0, v0 = trainer.init(jax.random.key(0), 3)
+    x = jnp.stack([X, -X, 2 * X]) if per_net else X
+    targets = jnp.eye(4)[Y]
+    targets = jnp.stack([targets, targets[::-1], targets]) if per_net else targets
+    run = lambda vmap: trainer.train(t0.copy(), v0.copy(), x, targets, seed=1, first_step=0,
+                                     num_steps=5, total_steps=5, per_net=per_net, vmap=vmap)
+    (a, va), (b, vb) = run(False), run(True)
+    assert a.shape == b.shape == t0.shape and not np.allclose(a, t0)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(va, vb, rtol=1e-4, atol=1e-5)
+    vmapped = NetTrainer(conv, SGD, DSA, vmap=True)
+    np.testing.assert_allclose(trainer.accuracy(a, X, Y, batch_size=7),
+                               vmapped.accuracy(a, X, Y, batch_size=7))
+
+
 def test_batch_indices_cover_each_example_once_per_epoch():
     idx = batch_indices(np.random.default_rng(0), 10, 4, 5)  # 20 draws = two epochs
     assert idx.shape == (5, 4)
