@@ -393,6 +393,35 @@ _RESUMABLE_KEYS = ("eval", "distill.progress", "distill.log_every", "distill.che
                    "experts.train", "sre2l.teacher.dir")
 
 
+def method_label(config: ml_collections.ConfigDict) -> str:
+    """The method as its config file names it, with enabled options, for titles and tables.
+
+    The driver runs DSA as DC with augmentation and FTD / AST / TESLA as MTT with other experts
+    or hypergradient; ``config.method`` alone would call them ``dc`` and ``mtt``.
+    """
+    name = config.method
+    options = []
+    if name == "dc" and config.dsa.strategy:
+        name = "dsa"
+    if name in TRAJECTORY_METHODS:
+        e = config.experts
+        if e.sam_rho > 0:
+            name = "ftd"
+        elif e.loss_scale or e.grad_penalty:
+            name = "ast"
+        if config.mtt.hypergrad == "tesla":
+            options.append("TESLA gradient")
+        if config.distill.labels == "expert":
+            options.append("DATM soft labels")
+    if config.distill.ema and name != "ftd":
+        options.append("image EMA")
+    if config.distill.fyi:
+        options.append("FYI")
+    if name == "sre2l":
+        options.append(f"per-{config.sre2l.relabel} relabel")
+    return " + ".join([name] + options)
+
+
 def distill_settings(config: ml_collections.ConfigDict) -> dict:
     """The config minus :data:`_RESUMABLE_KEYS`: what a distillation checkpoint was made under.
 
@@ -605,18 +634,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         soft = True
 
     # -- outputs
+    label = method_label(config)
     _write_synthetic(os.path.join(workdir, "synthetic.npz"), syn, data, soft,
                      config.method in TRAJECTORY_METHODS)
     viz.synthetic_grid(os.path.join(workdir, "synthetic.png"), data.to_stored(syn["images"]),
                        np.repeat(np.arange(data.num_classes), config.ipc),
-                       data.to_stored(data.x), data.y, title=f"{config.method}, ipc {config.ipc}")
+                       data.to_stored(data.x), data.y, title=f"{label}, ipc {config.ipc}")
     path = os.path.join(workdir, "metrics.jsonl")
     records = [r for r in (metrics.read_metrics(path) if os.path.exists(path) else [])
                if "distill/train/loss" in r]
     if records:
         report.plot_curves(os.path.join(workdir, "distill_curves.png"),
                            {"loss": metrics.series(records, "distill/train/loss")},
-                           title=f"{config.method} on {data.name}, ipc {config.ipc}",
+                           title=f"{label} on {data.name}, ipc {config.ipc}",
                            ylabel="distillation loss")
 
     lr = float(syn["lr"]) if (config.method in TRAJECTORY_METHODS
@@ -631,7 +661,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  data.y_test, ecfg, lr=lr, relabel=relabel)
         prefix = f"eval_{name}" if name else "eval"
         results[f"{prefix}/acc_mean"], results[f"{prefix}/acc_std"] = report.mean_std(accs)
-        rows.append({"set": f"{config.method} synthetic ({name or config.eval.model.name})",
+        rows.append({"set": f"{label} synthetic ({name or config.eval.model.name})",
                      "acc (%)": report.fmt_mean_std(accs)})
     done = baselines(config, data, eval_model, ecfg, workdir) if config.eval.baselines else {}
     for name, accs in done.items():
@@ -653,7 +683,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Soft-label sets (learned or teacher labels) are reported apart from hard-label ones.
     results["soft_labels"] = float(soft)
     report.write_results(os.path.join(workdir, "results.json"), results)
-    title = (f"{config.method} on {data.name}, ipc {config.ipc} ({ecfg.num_nets} fresh nets, "
+    title = (f"{label} on {data.name}, ipc {config.ipc} ({ecfg.num_nets} fresh nets, "
              "last-epoch test accuracy)")
     print(report.format_table(rows, title=title), flush=True)
     return results

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from configs.dataset_distill import ast_digits, dc_digits, dm_digits, ftd_digits, mtt_digits
+from configs.dataset_distill import (ast_digits, dc_digits, dm_digits, dsa_digits, ftd_digits,
+                                     mtt_digits, sre2l_digits)
 from jaxkd.core import checkpoint as ckpt_lib
 from jaxkd.core import errors, loop
 from jaxkd.dataset_distill import train as dd_train
@@ -230,7 +231,19 @@ def test_ftd_ema_saves_the_moving_average_of_the_images(tmp_path):
         dd_train.check_config(_smoke(dm_digits, **{"distill.ema": 1.0}))
 
 
-def test_ast_and_ftd_configs_train_their_own_experts(mtt_run, tmp_path):
+def test_method_label_names_the_config_files_method_and_its_options():
+    label = lambda module, **kw: dd_train.method_label(_smoke(module, **kw))
+    assert label(dc_digits) == "dc" and label(dsa_digits) == "dsa"
+    assert label(mtt_digits) == "mtt" and label(ftd_digits) == "ftd" and label(ast_digits) == "ast"
+    assert label(dm_digits) == "dm" and label(dm_digits, **{"distill.ema": 0.9}) == "dm + image EMA"
+    assert (label(mtt_digits, **{"distill.labels": "expert", "mtt.hypergrad": "tesla"})
+            == "mtt + TESLA gradient + DATM soft labels")
+    assert label(ftd_digits, **{"distill.fyi": True}) == "ftd + FYI"
+    assert label(sre2l_digits) == "sre2l + per-crop relabel"
+    assert label(sre2l_digits, **{"sre2l.relabel": "image"}) == "sre2l + per-image relabel"
+
+
+def test_ast_and_ftd_configs_train_their_own_experts(mtt_run, tmp_path, capsys):
     # AST's experts (loss x 0.5 in epoch 0, gradient penalty) leave MTT's plain trajectory from
     # the same initialisation; FTD's config asks for GSAM experts and an image EMA.
     workdir, _, _ = mtt_run
@@ -239,6 +252,8 @@ def test_ast_and_ftd_configs_train_their_own_experts(mtt_run, tmp_path):
     config = _smoke(ast_digits, ipc=2, **fast)
     results = dd_train.train_and_evaluate(config, str(tmp_path))
     assert 0.0 <= results["eval/acc_mean"] <= 1.0
+    out = capsys.readouterr().out  # the results table names the config's method, not "mtt"
+    assert "ast on sklearn_digits, ipc 2" in out and "ast synthetic (convnet)" in out
     meta = json.load(open(tmp_path / "experts" / "meta.json"))
     assert meta["objective"]["loss_scale"][:2] == [0.5, 0.5]
     assert meta["objective"]["grad_penalty"] == 2.0
