@@ -10,6 +10,7 @@ from jaxkd.dataset_distill.dc import DCConfig, GradientMatching
 from jaxkd.dataset_distill.nets import FlatModel
 from jaxkd.losses.dataset import gradient_matching_distance, soft_cross_entropy
 from jaxkd.models.mlp import MLP
+from jaxkd.models.registry import build
 
 RNG = np.random.default_rng(0)
 C, IPC = 3, 2
@@ -19,9 +20,10 @@ MODEL = FlatModel.create(MLP(num_classes=C, hidden=(6,)), (4, 4, 1))
 NO_AUG = DSAConfig(strategy="")
 
 
-def _method(**kw):
+def _method(per_class_calls=None, **kw):
     cfg = DCConfig(**{"outer_loop": 3, "inner_loop": 2, "batch_real": 4, "lr_net": 0.1, **kw})
-    return GradientMatching(MODEL, X, Y, C, IPC, cfg, NO_AUG, seed=0)
+    return GradientMatching(MODEL, X, Y, C, IPC, cfg, NO_AUG, seed=0,
+                            per_class_calls=per_class_calls)
 
 
 def _naive_loss(images, theta, real):
@@ -42,10 +44,25 @@ def test_dc_loss_and_image_gradient_match_the_per_class_loop_and_finite_differen
     theta = MODEL.init(jax.random.PRNGKey(1))
     real = jnp.stack([X[np.flatnonzero(Y == c)[:4]] for c in range(C)])
     keys = jax.random.split(jax.random.PRNGKey(2), C)
-    loss, grad = m._loss_and_grad(images, theta, real, keys)
     want, want_grad = jax.value_and_grad(_naive_loss)(images, theta, real)
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
-    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6)
+    # Both forms: vmapped over classes (the MLP's default) and one call per class (2-D convs').
+    assert m.per_class is False
+    loss, grad = m.matching_loss_and_grad(images, theta, real, keys)
+    per_class = _method(per_class_calls=True)
+    loss_pc, grad_pc = per_class.matching_loss_and_grad(images, theta, real, keys)
+    for got, got_grad in ((loss, grad), (loss_pc, grad_pc)):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    # With augmentation (DSA): each class keeps its own key in either form.
+    aug = [GradientMatching(MODEL, X, Y, C, IPC, DCConfig(batch_real=4), DSAConfig(
+        strategy="crop_scale"), seed=0, per_class_calls=f) for f in (False, True)]
+    (a, ga), (b, gb) = (m_.matching_loss_and_grad(images, theta, real, keys) for m_ in aug)
+    assert abs(float(a) - float(loss)) > 1e-3  # the augmentation changed the loss
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-6)
+    conv = FlatModel.create(build("convnet", num_classes=C, width=4, depth=1, norm="instance"),
+                            (4, 4, 1))
+    assert GradientMatching(conv, X, Y, C, IPC, DCConfig(), NO_AUG, seed=0).per_class is True
     # The gradient is second order (through the synthetic gradient): check it by central
     # differences along a random direction, in float64 NumPy arithmetic of float32 losses.
     v = jnp.asarray(RNG.normal(size=images.shape), jnp.float32)
