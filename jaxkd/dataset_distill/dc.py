@@ -92,7 +92,7 @@ class GradientMatching:
         # The loss is a sum over classes and each class's images enter only its own term, so
         # the image gradient can be taken class by class. vmapping over classes makes the
         # weight gradients of a 2-D convolution grouped convolutions, which XLA:CPU runs slowly
-        # (one DSA image update on digits at ipc 50: 4.1 s vmapped, 0.9-1.1 s class by class);
+        # (one DSA image update on digits at ipc 50: 3.8x slower vmapped, benchmarks/vmap_vs_loop.py);
         # models with 2-D convolutions therefore take one compiled per-class call per class.
         self.per_class = has_2d_convolution(model) if per_class_calls is None else (
             per_class_calls)

@@ -6,8 +6,9 @@ Both are "K networks of one architecture, plain SGD, differentiable siamese augm
 done here by one step over ``K`` flat parameter vectors: ``jax.vmap`` over the networks, or, for
 a model with 2-D convolutions, one compiled single-network step applied to each network in turn
 (vmapping a convolution over its weights makes one grouped convolution, which XLA:CPU runs
-2.3-2.7x slower than the ``K`` plain ones for the digits ConvNet and ResNet-8, while vmap is
-0.85-0.92x the loop for the 1-D ConvNet and the MLP; ``benchmarks/lockstep_step.py``).
+2.1-3.2x slower than the ``K`` plain ones for the digits ConvNet and ResNet-8, while for the
+1-D ConvNet and the MLP the two forms are about even, 0.85-1.12x; ``benchmarks/vmap_vs_loop.py``,
+two runs).
 
 Flat parameters (``jax.flatten_util.ravel_pytree``) make trajectories one array per epoch, the
 MTT distance a vector norm, and SGD two lines. A model used here must have only ``params``
