@@ -16,6 +16,7 @@ distillation loop (``jaxkd.core.loop.fit``: auto-resume, SIGTERM save, progress 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -285,6 +286,14 @@ def _write_synthetic(path: str, syn: dict, data: RealData, soft: bool, learns_lr
 
 
 # ------------------------------------------------------------------------------------ baselines
+def _digest(*arrays) -> str:
+    """SHA-256 of the arrays' float32 bytes (what an evaluation was computed on)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(np.asarray(a, np.float32)).tobytes())
+    return h.hexdigest()
+
+
 def _cached(path: str, key: dict, compute) -> dict[str, list[float]]:
     """``compute()`` (name -> accuracies), or the copy stored at ``path`` under the same key."""
     key = json.loads(json.dumps(key))  # as stored: tuples in the config come back as lists
@@ -508,11 +517,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_model = _model(config.eval.model.name, config.eval.model.kwargs.to_dict(), data,
                         "config.eval.model")
     eval_models = {"": eval_model}
+    eval_specs = {"": config.eval.model.to_dict()}  # what each evaluation network is
     if config.eval.model.to_dict() != config.model.to_dict():
         eval_models["distill_net"] = model
+        eval_specs["distill_net"] = config.model.to_dict()
     for name in [m for m in config.eval.cross_models.split(",") if m]:
-        eval_models[name] = _model(name, dict(config.eval.cross_kwargs.get(name, {})), data,
-                                   "config.eval.cross_models")
+        kwargs = dict(config.eval.cross_kwargs.get(name, {}))
+        eval_models[name] = _model(name, kwargs, data, "config.eval.cross_models")
+        eval_specs[name] = {"name": name, "kwargs": kwargs}
     ecfg = eval_lib.EvalConfig(num_nets=config.eval.num_nets, epochs=config.eval.epochs,
                                sgd=_sgd(config.eval.sgd), dsa=_dsa(config.eval.dsa),
                                seed=config.eval.seed)
@@ -656,9 +668,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     relabel = method.crop_labeller() if config.method == "sre2l" else None
     results: dict[str, float] = {}
     rows = []
+    # Each network's evaluation is stored as it finishes (eval_<name>.json, keyed on the
+    # synthetic set's bytes and the evaluation settings), so an interrupted run's evaluation
+    # resumes at the next network instead of starting over.
+    eval_key = {"synthetic": _digest(syn["images"], targets), "lr": lr, "data": config.data.name,
+                "eval": {k: v for k, v in config.eval.to_dict().items()
+                         if k in _BASELINE_EVAL_KEYS and k != "model"},
+                "epochs": config.eval.epochs,
+                "relabel": config.sre2l.to_dict() if relabel is not None else None}
     for name, m in eval_models.items():
-        accs = eval_lib.evaluate(m, jnp.asarray(syn["images"]), targets, data.x_test,
-                                 data.y_test, ecfg, lr=lr, relabel=relabel)
+        accs = _cached(
+            os.path.join(workdir, f"eval_{name or 'protocol'}.json"),
+            dict(eval_key, model=eval_specs[name]),
+            lambda m=m: {"acc": eval_lib.evaluate(m, jnp.asarray(syn["images"]), targets,
+                                                  data.x_test, data.y_test, ecfg, lr=lr,
+                                                  relabel=relabel)})["acc"]
         prefix = f"eval_{name}" if name else "eval"
         results[f"{prefix}/acc_mean"], results[f"{prefix}/acc_std"] = report.mean_std(accs)
         rows.append({"set": f"{label} synthetic ({name or config.eval.model.name})",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -68,6 +69,42 @@ def test_resuming_gives_the_same_synthetic_set(mtt_run, tmp_path):
     b = np.load(os.path.join(tmp_path, "synthetic.npz"))
     np.testing.assert_array_equal(a["images"], b["images"])
     np.testing.assert_array_equal(a["lr"], b["lr"])
+
+
+def test_finished_evaluations_are_stored_and_reused_only_for_the_same_set(mtt_run, tmp_path):
+    # A run interrupted during evaluation resumes at the next network: each network's
+    # accuracies are stored as they finish, keyed on the synthetic set and the settings.
+    workdir, config, results = mtt_run
+    stored = json.load(open(os.path.join(workdir, "eval_protocol.json")))
+    assert stored["acc"]["acc"] == pytest.approx([results["eval/acc_mean"]] * 2,
+                                                 abs=results["eval/acc_std"] + 1e-6)
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    marked = dict(stored, acc={"acc": [0.123, 0.125]})
+    json.dump(marked, open(copy / "eval_protocol.json", "w"))
+    again = _smoke(mtt_digits, ipc=2)
+    again.experts.dir = os.path.join(workdir, "experts")
+    assert dd_train.train_and_evaluate(again, str(copy))["eval/acc_mean"] == pytest.approx(0.124)
+    # Another synthetic set (one pixel changed) or other evaluation settings: recomputed.
+    syn = dict(np.load(os.path.join(workdir, "synthetic.npz")))
+    syn["images"][0, 0, 0, 0] += 1.0
+    np.savez(tmp_path / "changed.npz", **syn)
+    for case in ("changed", "epochs"):
+        c = _smoke(mtt_digits, ipc=2)
+        c.experts.dir = os.path.join(workdir, "experts")
+        c.eval.baselines = False
+        run = copy
+        if case == "epochs":
+            c.eval.epochs = 2.0
+        else:
+            c.distill.init_file, c.distill.iterations = str(tmp_path / f"{case}.npz"), 0
+            run = tmp_path / case
+            run.mkdir()
+        json.dump(marked, open(run / "eval_protocol.json", "w"))
+        out = dd_train.train_and_evaluate(c, str(run))
+        fresh = json.load(open(run / "eval_protocol.json"))["acc"]["acc"]
+        assert fresh != [0.123, 0.125], case
+        assert out["eval/acc_mean"] == pytest.approx(np.mean(fresh))
 
 
 def test_resuming_under_other_distillation_settings_is_refused(mtt_run, tmp_path):
