@@ -92,6 +92,15 @@ def test_configs_without_a_cli_smoke_pass_every_check_before_training(path):
     train.check_config(config)
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.startswith("configs/dataset_distill/")])
+def test_dataset_distillation_checkpoints_before_the_end_at_every_ipc(path):
+    # A run killed without SIGTERM loses at most checkpoint_every iterations: every config
+    # must save before its last iteration (DC at ipc 50 once saved only at the end).
+    for ipc in (1, 10, 50):
+        distill = _module(path).get_config(f"ipc={ipc}").distill
+        assert 0 < distill.checkpoint_every < distill.iterations, (path, ipc)
+
+
 def test_the_check_before_training_catches_a_bad_layer():
     from jaxkd.core import errors  # pylint: disable=g-import-not-at-top
     from jaxkd.kd import train  # pylint: disable=g-import-not-at-top

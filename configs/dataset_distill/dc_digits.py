@@ -34,9 +34,11 @@ def make(data: str, arg=None, *, augment: bool):
     c.distill.lr_lr = 0.0
     # Outer iterations (fresh networks) x outer_loop image updates: the reference runs 1000
     # outer iterations; fewer at larger ipc here for CPU time (about 2000 image updates).
+    # Checkpoints every 100 image updates or 5 outer iterations (ipc 50: 250 of 2000 updates,
+    # ~4 min of one core), mid outer iteration if need be (the network is in the state).
     loops = c.dc.outer_loop
     _base.run_length(c, args.smoke, _OUTER[args.ipc] * loops, log_every=10 * loops,
-                     checkpoint_every=50 * loops)
+                     checkpoint_every=max(100, 5 * loops))
     if args.smoke:
         c.dc.outer_loop, c.dc.inner_loop = 2, 2
     return c
