@@ -7,7 +7,8 @@
 #   [IPCS="1 10"] bash docs/sweeps/dd_digits.sh [RUNS_DIR] [METHOD ...]
 #   methods: mtt ftd ast dm dc dsa frepo sre2l (default: mtt dm); FTD and AST train their own
 #   experts (experts_ftd/, experts_ast/). Variants: mtt_soft (DATM's learnable soft labels
-#   from the experts, lr 2), sre2l_image (one teacher soft label per image instead of per crop),
+#   from the experts, lr 2; mtt_soft_lrX: label lr X), sre2l_image (one teacher soft label
+#   per image instead of per crop),
 #   mtt_it2000[_lr3|_lr10|_syn40|_start10] (MTT for 2000 iterations, with one more change).
 # DATA=mnist1d runs the same table on MNIST-1D (runs/dd_mnist1d).
 # Runs made before the ResNet-8 column existed are re-evaluated into reeval/<run>/ (their saved
@@ -29,6 +30,8 @@ variant() {
   extra=()
   case $1 in
     mtt_soft) config=mtt; extra=(--config.distill.labels=expert --config.distill.lr_label=2.0) ;;
+    # the label lr tried on MNIST-1D (digits' 2 was not tuned there)
+    mtt_soft_lr*) config=mtt; extra=(--config.distill.labels=expert --config.distill.lr_label=${1#mtt_soft_lr}) ;;
     sre2l_image) config=sre2l; extra=(--config.sre2l.relabel=image) ;;
     # MTT at MNIST-1D's ipc 1 run longer, with larger image steps, longer unrolls, later starts
     mtt_it2000*) config=mtt; extra=(--config.distill.iterations=2000)
