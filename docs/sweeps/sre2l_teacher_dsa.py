@@ -4,8 +4,9 @@
 
 Reads the teacher an SRe2L digits run trained (RUN_DIR/teacher) and prints its test accuracy and
 mean confidence on the clean test images and on 20 draws of the evaluation's DSA (one op per
-batch, as the evaluation networks see their batches).
+batch, as the evaluation networks see their batches), then the same for each op alone.
 """
+import dataclasses
 import sys
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 from configs.dataset_distill import sre2l_digits
 from jaxkd.dataset_distill import sre2l as S
 from jaxkd.dataset_distill import train as T
-from jaxkd.dataset_distill.augment import dsa
+from jaxkd.dataset_distill.augment import dsa, parse_strategy
 from jaxkd.models import registry
 
 run = sys.argv[1] if len(sys.argv) > 1 else "runs/dd_digits/sre2l_ipc10"
@@ -42,3 +43,8 @@ print(f"clean: accuracy {float(jnp.mean(jnp.argmax(p0, -1) == data.y_test)):.4f}
       f"confidence {float(jnp.mean(jnp.max(p0, -1))):.3f}")
 print(f"DSA, 20 draws: accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} "
       f"(min {np.min(accs):.3f}), confidence {np.mean(confs):.3f}")
+for op in parse_strategy(edsa.strategy):
+    one = dataclasses.replace(edsa, strategy=op)
+    accs = [float(jnp.mean(jnp.argmax(probs(dsa(data.x_test, jax.random.key(i), one)), -1)
+                           == data.y_test)) for i in range(20)]
+    print(f"{op}: accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} (min {np.min(accs):.3f})")
