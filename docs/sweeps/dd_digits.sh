@@ -9,7 +9,7 @@
 #   experts (experts_ftd/, experts_ast/). Variants: mtt_soft (DATM's learnable soft labels
 #   from the experts, lr 2; mtt_soft_lrX: label lr X), sre2l_image (one teacher soft label
 #   per image instead of per crop), sre2l_mild / sre2l_image_mild (evaluated with crop, scale
-#   and rotate only, without baselines),
+#   and rotate only, without baselines), mtt_zca (MTT on ZCA-whitened data, own experts),
 #   mtt_it2000[_lr3|_lr10|_syn40|_start10] (MTT for 2000 iterations, with one more change).
 # DATA=mnist1d runs the same table on MNIST-1D (runs/dd_mnist1d).
 # Runs made before the ResNet-8 column existed are re-evaluated into reeval/<run>/ (their saved
@@ -34,6 +34,8 @@ variant() {
     # the label lr tried on MNIST-1D (digits' 2 was not tuned there)
     mtt_soft_lr*) config=mtt; extra=(--config.distill.labels=expert --config.distill.lr_label=${1#mtt_soft_lr}) ;;
     sre2l_image) config=sre2l; extra=(--config.sre2l.relabel=image) ;;
+    # MTT on ZCA-whitened data (the reference code's eps 0.1), with its own experts
+    mtt_zca) config=mtt; extra=(--config.data.zca=0.1) ;;
     # SRe2L evaluated under a milder augmentation than the protocol's DSA (its teacher labels
     # colour-jittered and cut-out batches badly: docs/sweeps/sre2l_teacher_dsa.py); no baselines
     sre2l_mild|sre2l_image_mild) config=sre2l
@@ -49,7 +51,7 @@ variant() {
       esac ;;
   esac
   case $1 in
-    ftd|ast) experts="$root/experts_$1" ;;
+    ftd|ast|mtt_zca) experts="$root/experts_$1" ;;
     *) experts="$root/experts" ;;
   esac
 }

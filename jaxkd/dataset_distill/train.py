@@ -43,6 +43,7 @@ from jaxkd.dataset_distill.dm import DMConfig, DistributionMatching
 from jaxkd.dataset_distill.frepo import FeatureRegression, FRePoConfig
 from jaxkd.dataset_distill.mtt import MTTConfig, TrajectoryMatching, label_targets
 from jaxkd.dataset_distill import sre2l as sre2l_lib
+from jaxkd.dataset_distill import zca as zca_lib
 from jaxkd.dataset_distill.nets import ExpertObjective, FlatModel, SGDConfig
 from jaxkd.dataset_distill.unroll import METHODS as HYPERGRAD_METHODS
 from jaxkd.models import registry
@@ -57,7 +58,8 @@ INITS: tuple[str, ...] = ("real", "noise", "class_mean")  # config.distill.init
 
 @dataclasses.dataclass(frozen=True)
 class RealData:
-    """A labelled data set in memory, normalised per channel (``(x - mean) / std``)."""
+    """A labelled data set in memory, normalised per channel (``(x - mean) / std``), then
+    ZCA-whitened when ``zca`` is set (fitted on the training split)."""
 
     name: str
     x: jax.Array
@@ -68,6 +70,7 @@ class RealData:
     shape: tuple[int, ...]
     mean: np.ndarray
     std: np.ndarray
+    zca: zca_lib.Zca | None = None
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -75,12 +78,21 @@ class RealData:
         return float(jnp.min(self.x)), float(jnp.max(self.x))
 
     def to_stored(self, x: jax.Array) -> np.ndarray:
-        """Normalised inputs back to the data set's own units."""
-        return np.asarray(x, np.float32) * self.std + self.mean
+        """Normalised (and whitened) inputs back to the data set's own units."""
+        x = np.asarray(x, np.float32)
+        if self.zca is not None:
+            x = self.zca.invert(x)
+        return x * self.std + self.mean
+
+    def from_stored(self, x: np.ndarray) -> jax.Array:
+        """Inputs in the data set's own units to the normalised (and whitened) space."""
+        x = (np.asarray(x, np.float32) - self.mean) / self.std
+        return jnp.asarray(self.zca.apply(x) if self.zca is not None else x)
 
 
-def load_real(name: str, data_dir: str | None = None) -> RealData:
-    """The train and test splits of registry data set ``name``, normalised, in memory."""
+def load_real(name: str, data_dir: str | None = None, zca: float = 0.0) -> RealData:
+    """The train and test splits of registry data set ``name``, normalised, in memory; with
+    ``zca`` > 0 both are ZCA-whitened with that regulariser (fitted on the train split)."""
     spec = data_lib.DATASETS[name] if name in data_lib.DATASETS else None
     if spec is None:
         raise errors.ConfigError(f"config.data.name={name!r} is not a data set; valid: "
@@ -90,9 +102,13 @@ def load_real(name: str, data_dir: str | None = None) -> RealData:
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     (x, y), (xt, yt) = train.arrays(), test.arrays()
-    norm = lambda a: jnp.asarray((a.astype(np.float32) - mean) / std)
-    return RealData(name, norm(x), np.asarray(y), norm(xt), np.asarray(yt), spec.num_classes,
-                    tuple(x.shape[1:]), mean, std)
+    norm = lambda a: (a.astype(np.float32) - mean) / std
+    x, xt = norm(x), norm(xt)
+    whiten = zca_lib.fit_zca(x, zca) if zca > 0 else None
+    if whiten is not None:
+        x, xt = whiten.apply(x), whiten.apply(xt)
+    return RealData(name, jnp.asarray(x), np.asarray(y), jnp.asarray(xt), np.asarray(yt),
+                    spec.num_classes, tuple(x.shape[1:]), mean, std, whiten)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -125,6 +141,10 @@ def check_config(config: ml_collections.ConfigDict, data: RealData | None = None
             f"where a flip keeps the label; config.dsa.strategy={config.dsa.strategy!r} has no "
             "'flip' (digits and MNIST-1D are never flipped). Add flip to config.dsa.strategy "
             "for flippable data, or turn FYI off")
+    if not config.data.zca >= 0:
+        raise errors.ConfigError(
+            f"config.data.zca={config.data.zca} must be >= 0 (0 = off; the regulariser added to "
+            "the covariance's eigenvalues, 0.1 in MTT's reference code)")
     if config.distill.iterations < 0:
         raise errors.ConfigError(f"config.distill.iterations={config.distill.iterations} must "
                                  "be >= 0 (0 = evaluate config.distill.init_file as it is)")
@@ -249,7 +269,7 @@ def load_synthetic(path: str, data: RealData, ipc: int, soft: bool) -> dict:
             f"needs exactly {ipc} of each of the {nc} classes")
     order = np.argsort(classes, kind="stable")  # class by class, as the methods expect
     images, labels = images[order], labels[order]
-    x = jnp.asarray((images.astype(np.float32) - data.mean) / data.std)
+    x = data.from_stored(images)
     if labels.ndim == 1:
         y = eval_lib.one_hot(labels.astype(np.int32), nc)
         y = jnp.log(jnp.clip(y, 1e-6, 1.0)) if soft else y
@@ -292,6 +312,11 @@ def _digest(*arrays) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(np.asarray(a, np.float32)).tobytes())
     return h.hexdigest()
+
+
+def _data_key(config, key: dict) -> dict:
+    """``key`` plus the ZCA regulariser when whitening is on (what the data looked like)."""
+    return {**key, "zca": float(config.data.zca)} if config.data.zca > 0 else key
 
 
 def _cached(path: str, key: dict, compute) -> dict[str, list[float]]:
@@ -340,12 +365,12 @@ def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfi
     # networks, the learned lr of the synthetic set) leave the stored baselines valid.
     shared = {k: v for k, v in config.eval.to_dict().items() if k in _BASELINE_EVAL_KEYS}
     acc = _cached(os.path.join(workdir, "baselines.json"),
-                  {"ipc": ipc, "seed": config.seed, "data": config.data.name,
-                   "eval": dict(shared, epochs=config.eval.epochs)}, small)
+                  _data_key(config, {"ipc": ipc, "seed": config.seed, "data": config.data.name,
+                                     "eval": dict(shared, epochs=config.eval.epochs)}), small)
     if config.eval.full_epochs > 0:
         acc.update(_cached(os.path.join(workdir, "full_baseline.json"),
-                           {"data": config.data.name,
-                            "eval": dict(shared, full_epochs=config.eval.full_epochs)}, full))
+                           _data_key(config, {"data": config.data.name, "eval": dict(
+                               shared, full_epochs=config.eval.full_epochs)}), full))
     return acc
 
 
@@ -364,8 +389,8 @@ def _experts(config, data: RealData, model: FlatModel, workdir: str,
         directory, model, data.x, data.y, data.x_test, data.y_test,
         num_classes=data.num_classes, num_experts=e.num_experts, epochs=e.epochs,
         sgd=_sgd(e.sgd), dsa_cfg=_dsa(e.dsa), seed=e.seed,
-        description={"data": config.data.name, "model": config.model.name,
-                     "model_kwargs": config.model.kwargs.to_dict()},
+        description=_data_key(config, {"data": config.data.name, "model": config.model.name,
+                                       "model_kwargs": config.model.kwargs.to_dict()}),
         progress=progress, objective=expert_objective(config))
 
 
@@ -511,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t0 = time.time()
 
     # -- data and models
-    data = load_real(config.data.name, config.data.data_dir or None)
+    data = load_real(config.data.name, config.data.data_dir or None, config.data.zca)
     check_config(config, data)
     model = _model(config.model.name, config.model.kwargs.to_dict(), data, "config.model")
     eval_model = _model(config.eval.model.name, config.eval.model.kwargs.to_dict(), data,
@@ -552,8 +577,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             teacher, data.x, data.y, data.x_test, data.y_test, num_classes=data.num_classes,
             epochs=teacher_cfg.epochs, lr=teacher_cfg.lr, batch_size=teacher_cfg.batch_size,
             seed=teacher_cfg.seed, augment=lambda xb, k: dsa_fn(xb, k, teacher_dsa),
-            description={"data": config.data.name, "model": teacher_cfg.name,
-                         "model_kwargs": teacher_cfg.kwargs.to_dict()})
+            description=_data_key(config, {"data": config.data.name, "model": teacher_cfg.name,
+                                           "model_kwargs": teacher_cfg.kwargs.to_dict()}))
         print(f"sre2l teacher ({teacher_cfg.name}): test accuracy {100 * teacher_acc:.2f}%",
               flush=True)
         sre2l_cfg = {k: v for k, v in config.sre2l.to_dict().items() if k != "teacher"}
@@ -671,7 +696,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Each network's evaluation is stored as it finishes (eval_<name>.json, keyed on the
     # synthetic set's bytes and the evaluation settings), so an interrupted run's evaluation
     # resumes at the next network instead of starting over.
-    eval_key = {"synthetic": _digest(syn["images"], targets), "lr": lr, "data": config.data.name,
+    eval_key = {"synthetic": _digest(syn["images"], targets), "lr": lr,
+                **_data_key(config, {"data": config.data.name}),
                 "eval": {k: v for k, v in config.eval.to_dict().items()
                          if k in _BASELINE_EVAL_KEYS and k != "model"},
                 "epochs": config.eval.epochs,
