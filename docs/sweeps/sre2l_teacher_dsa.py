@@ -32,19 +32,22 @@ variables, _ = S.train_teacher(
     description={"data": c.data.name, "model": tc.name, "model_kwargs": tc.kwargs.to_dict()})
 edsa = T._dsa(c.eval.dsa)
 probs = jax.jit(lambda x: jax.nn.softmax(teacher.apply(variables, x, train=False), -1))
-augment = jax.jit(lambda x, k: dsa(x, k, edsa))
-accs, confs = [], []
-for i in range(20):
-    p = probs(augment(data.x_test, jax.random.key(i)))
-    accs.append(float(jnp.mean(jnp.argmax(p, -1) == data.y_test)))
-    confs.append(float(jnp.mean(jnp.max(p, -1))))
+def draws(cfg, n=20):
+    """The teacher's test accuracy and mean confidence on ``n`` batches augmented by ``cfg``."""
+    augment = jax.jit(lambda x, k: dsa(x, k, cfg))
+    accs, confs = [], []
+    for i in range(n):
+        p = probs(augment(data.x_test, jax.random.key(i)))
+        accs.append(float(jnp.mean(jnp.argmax(p, -1) == data.y_test)))
+        confs.append(float(jnp.mean(jnp.max(p, -1))))
+    return np.array(accs), np.array(confs)
+
+
 p0 = probs(data.x_test)
 print(f"clean: accuracy {float(jnp.mean(jnp.argmax(p0, -1) == data.y_test)):.4f}, "
       f"confidence {float(jnp.mean(jnp.max(p0, -1))):.3f}")
-print(f"DSA, 20 draws: accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} "
-      f"(min {np.min(accs):.3f}), confidence {np.mean(confs):.3f}")
-for op in parse_strategy(edsa.strategy):
-    one = dataclasses.replace(edsa, strategy=op)
-    accs = [float(jnp.mean(jnp.argmax(probs(dsa(data.x_test, jax.random.key(i), one)), -1)
-                           == data.y_test)) for i in range(20)]
-    print(f"{op}: accuracy {np.mean(accs):.4f} +- {np.std(accs):.4f} (min {np.min(accs):.3f})")
+for name, cfg in [("DSA, 20 draws", edsa)] + [
+        (op, dataclasses.replace(edsa, strategy=op)) for op in parse_strategy(edsa.strategy)]:
+    accs, confs = draws(cfg)
+    print(f"{name}: accuracy {accs.mean():.4f} +- {accs.std():.4f} (min {accs.min():.3f}), "
+          f"confidence {confs.mean():.3f}")

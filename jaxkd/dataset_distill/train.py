@@ -314,8 +314,10 @@ def _digest(*arrays) -> str:
     return h.hexdigest()
 
 
-def _data_key(config, key: dict) -> dict:
-    """``key`` plus the ZCA regulariser when whitening is on (what the data looked like)."""
+def _data_key(config) -> dict:
+    """What the data looked like, for cache keys: its name, and the ZCA regulariser when
+    whitening is on (left out when off, so keys stored before ZCA existed stay valid)."""
+    key = {"data": config.data.name}
     return {**key, "zca": float(config.data.zca)} if config.data.zca > 0 else key
 
 
@@ -365,12 +367,12 @@ def baselines(config, data: RealData, model: FlatModel, ecfg: eval_lib.EvalConfi
     # networks, the learned lr of the synthetic set) leave the stored baselines valid.
     shared = {k: v for k, v in config.eval.to_dict().items() if k in _BASELINE_EVAL_KEYS}
     acc = _cached(os.path.join(workdir, "baselines.json"),
-                  _data_key(config, {"ipc": ipc, "seed": config.seed, "data": config.data.name,
-                                     "eval": dict(shared, epochs=config.eval.epochs)}), small)
+                  {"ipc": ipc, "seed": config.seed, **_data_key(config),
+                   "eval": dict(shared, epochs=config.eval.epochs)}, small)
     if config.eval.full_epochs > 0:
         acc.update(_cached(os.path.join(workdir, "full_baseline.json"),
-                           _data_key(config, {"data": config.data.name, "eval": dict(
-                               shared, full_epochs=config.eval.full_epochs)}), full))
+                           {**_data_key(config),
+                            "eval": dict(shared, full_epochs=config.eval.full_epochs)}, full))
     return acc
 
 
@@ -389,8 +391,8 @@ def _experts(config, data: RealData, model: FlatModel, workdir: str,
         directory, model, data.x, data.y, data.x_test, data.y_test,
         num_classes=data.num_classes, num_experts=e.num_experts, epochs=e.epochs,
         sgd=_sgd(e.sgd), dsa_cfg=_dsa(e.dsa), seed=e.seed,
-        description=_data_key(config, {"data": config.data.name, "model": config.model.name,
-                                       "model_kwargs": config.model.kwargs.to_dict()}),
+        description={**_data_key(config), "model": config.model.name,
+                     "model_kwargs": config.model.kwargs.to_dict()},
         progress=progress, objective=expert_objective(config))
 
 
@@ -577,8 +579,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             teacher, data.x, data.y, data.x_test, data.y_test, num_classes=data.num_classes,
             epochs=teacher_cfg.epochs, lr=teacher_cfg.lr, batch_size=teacher_cfg.batch_size,
             seed=teacher_cfg.seed, augment=lambda xb, k: dsa_fn(xb, k, teacher_dsa),
-            description=_data_key(config, {"data": config.data.name, "model": teacher_cfg.name,
-                                           "model_kwargs": teacher_cfg.kwargs.to_dict()}))
+            description={**_data_key(config), "model": teacher_cfg.name,
+                         "model_kwargs": teacher_cfg.kwargs.to_dict()})
         print(f"sre2l teacher ({teacher_cfg.name}): test accuracy {100 * teacher_acc:.2f}%",
               flush=True)
         sre2l_cfg = {k: v for k, v in config.sre2l.to_dict().items() if k != "teacher"}
@@ -696,8 +698,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Each network's evaluation is stored as it finishes (eval_<name>.json, keyed on the
     # synthetic set's bytes and the evaluation settings), so an interrupted run's evaluation
     # resumes at the next network instead of starting over.
-    eval_key = {"synthetic": _digest(syn["images"], targets), "lr": lr,
-                **_data_key(config, {"data": config.data.name}),
+    eval_key = {"synthetic": _digest(syn["images"], targets), "lr": lr, **_data_key(config),
                 "eval": {k: v for k, v in config.eval.to_dict().items()
                          if k in _BASELINE_EVAL_KEYS and k != "model"},
                 "epochs": config.eval.epochs,

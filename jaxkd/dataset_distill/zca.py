@@ -29,7 +29,6 @@ class Zca:
     mean: np.ndarray
     matrix: np.ndarray
     inverse: np.ndarray
-    eps: float
 
     def apply(self, x) -> np.ndarray:
         """Whitens ``x`` [N, ...] (any example shape with D values)."""
@@ -69,5 +68,4 @@ def fit_zca(x, eps: float) -> Zca:
                          f"{int(np.sum(zero))} zero-variance directions (use eps > 0)")
     matrix = (u / np.sqrt(s)) @ u.T
     inverse = (u * np.sqrt(s)) @ u.T
-    return Zca(mean.astype(np.float32), matrix.astype(np.float32), inverse.astype(np.float32),
-               float(eps))
+    return Zca(mean.astype(np.float32), matrix.astype(np.float32), inverse.astype(np.float32))
